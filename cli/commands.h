@@ -1,0 +1,9 @@
+#pragma once
+// Each cmd_*.cpp registers its subcommands on the root app. main() owns exit codes.
+#include <CLI/CLI.hpp>
+
+namespace kvscope::cli {
+
+void add_model_commands(CLI::App& app);  // generate, tokenize, logits, model-info
+
+}  // namespace kvscope::cli

@@ -1,0 +1,96 @@
+#pragma once
+// Paged KV cache of the CPU runtime, built so that policies can act on it for real.
+//
+// Storage: one pool of pages; a page holds `page_size` token slots of one (layer, KV head)
+// stream: K rows and V rows (head_dim floats each, RoPE already applied to K), the token
+// position of each slot and a live flag. Each stream has its own block table (ordered
+// list of page ids), so eviction is per KV head, as the policies of the literature decide.
+//
+// Addressing: a stream's logical slot s lives in page table[s / page_size] at offset
+// s % page_size. Tokens are appended in position order, so slot positions increase along
+// the stream and a token is found by binary search on its position.
+//   evict_token(l, h, pos)  — the slot stays (a hole), marked dead; attention skips it.
+//   evict_page(l, h, i)     — the i-th page of the stream goes back to the pool; later
+//                             slots move down by page_size (logical indices are transient).
+#include <cstdint>
+#include <algorithm>
+#include <span>
+#include <vector>
+
+namespace kvscope::cpu {
+
+class KVCache {
+ public:
+  KVCache() = default;
+  KVCache(int n_layers, int n_kv_heads, int head_dim, int page_size, int max_tokens);
+
+  int n_layers() const { return n_layers_; }
+  int n_kv_heads() const { return n_kv_heads_; }
+  int head_dim() const { return head_dim_; }
+  int page_size() const { return page_size_; }
+  int max_tokens() const { return max_tokens_; }
+
+  // Appends one token to every KV head of `layer`: k and v hold n_kv_heads * head_dim
+  // floats, head-major. Throws Error when a stream is full.
+  void append(int layer, int32_t pos, const float* k, const float* v);
+
+  // Slots of a stream (including dead ones): the attention loop runs s in [0, n_slots).
+  int n_slots(int layer, int kv_head) const { return stream(layer, kv_head).n_slots; }
+  int n_live(int layer, int kv_head) const { return stream(layer, kv_head).n_live; }
+  int n_pages(int layer, int kv_head) const { return static_cast<int>(stream(layer, kv_head).pages.size()); }
+  int page_id(int layer, int kv_head, int i) const { return stream(layer, kv_head).pages[i]; }
+
+  const float* k(int layer, int kv_head, int slot) const { return k_pool_.data() + row(layer, kv_head, slot) * head_dim_; }
+  const float* v(int layer, int kv_head, int slot) const { return v_pool_.data() + row(layer, kv_head, slot) * head_dim_; }
+  int32_t pos(int layer, int kv_head, int slot) const { return pos_pool_[row(layer, kv_head, slot)]; }
+  bool live(int layer, int kv_head, int slot) const { return live_pool_[row(layer, kv_head, slot)] != 0; }
+
+  // The slots of the stream's i-th page, contiguous: n = slots used in it.
+  struct PageView {
+    const float* k;
+    const float* v;
+    const int32_t* pos;
+    const uint8_t* live;
+    int n;
+  };
+  PageView page(int layer, int kv_head, int i) const {
+    const Stream& s = stream(layer, kv_head);
+    const int64_t r0 = static_cast<int64_t>(s.pages[i]) * page_size_;
+    const int n = std::min(page_size_, s.n_slots - i * page_size_);
+    return {k_pool_.data() + r0 * head_dim_, v_pool_.data() + r0 * head_dim_, pos_pool_.data() + r0, live_pool_.data() + r0, n};
+  }
+
+  // Slot of the token at `pos`, or -1 when it is not in the stream (never stored or page evicted).
+  int find(int layer, int kv_head, int32_t pos) const;
+
+  // Returns false when the token is not resident.
+  bool evict_token(int layer, int kv_head, int32_t pos);
+  void evict_page(int layer, int kv_head, int page_index);
+
+  int pages_in_use() const { return total_pages_ - static_cast<int>(free_pages_.size()); }
+  int total_pages() const { return total_pages_; }
+  int64_t live_tokens() const;
+  void clear();
+
+ private:
+  struct Stream {
+    std::vector<int32_t> pages;
+    int n_slots = 0;
+    int n_live = 0;
+  };
+  const Stream& stream(int l, int h) const { return streams_[static_cast<size_t>(l) * n_kv_heads_ + h]; }
+  Stream& stream(int l, int h) { return streams_[static_cast<size_t>(l) * n_kv_heads_ + h]; }
+  int64_t row(int l, int h, int slot) const {
+    const Stream& s = stream(l, h);
+    return static_cast<int64_t>(s.pages[slot / page_size_]) * page_size_ + slot % page_size_;
+  }
+
+  int n_layers_ = 0, n_kv_heads_ = 0, head_dim_ = 0, page_size_ = 16, max_tokens_ = 0, total_pages_ = 0;
+  std::vector<Stream> streams_;
+  std::vector<int32_t> free_pages_;  // LIFO
+  std::vector<float> k_pool_, v_pool_;
+  std::vector<int32_t> pos_pool_;
+  std::vector<uint8_t> live_pool_;
+};
+
+}  // namespace kvscope::cpu

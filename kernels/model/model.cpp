@@ -1,0 +1,67 @@
+#include "kernels/model/model.h"
+
+#include <filesystem>
+
+#include "kernels/io/error.h"
+#include "kernels/io/mapped_file.h"
+#include "kernels/model/gguf.h"
+
+namespace kvscope {
+
+namespace fs = std::filesystem;
+
+void ModelConfig::validate(const std::string& src) const {
+  auto positive = [&](const char* field, int64_t v) {
+    if (v <= 0) fail(src, std::string(field) + ": must be positive, got " + std::to_string(v));
+  };
+  positive("dim", dim);
+  positive("hidden_dim", hidden_dim);
+  positive("n_layers", n_layers);
+  positive("n_heads", n_heads);
+  positive("n_kv_heads", n_kv_heads);
+  positive("head_dim", head_dim);
+  positive("vocab_size", vocab_size);
+  positive("max_seq_len", max_seq_len);
+  if (n_heads % n_kv_heads != 0)
+    fail(src, "n_kv_heads: " + std::to_string(n_kv_heads) + " does not divide n_heads " + std::to_string(n_heads));
+  if (head_dim % 2 != 0) fail(src, "head_dim: must be even for RoPE, got " + std::to_string(head_dim));
+  if (!(rope_theta > 0)) fail(src, "rope_theta: must be positive");
+  if (!(norm_eps > 0)) fail(src, "norm_eps: must be positive");
+  if (dim > (1 << 16) || hidden_dim > (1 << 18) || n_layers > 1024 || n_heads > 1024 || vocab_size > (1 << 22) ||
+      head_dim > 1024)
+    fail(src, "model dimensions are implausibly large");
+}
+
+void check_numel(const std::string& file, const std::string& name, uint64_t got, uint64_t want) {
+  if (got != want)
+    fail(file, "tensor '" + name + "': has " + std::to_string(got) + " elements, expected " + std::to_string(want));
+}
+
+Model load_model(const std::string& path, const std::string& tokenizer_path) {
+  fs::path p(path);
+  std::error_code ec;
+  if (!fs::exists(p, ec)) fail(path, "no such file or directory");
+  if (fs::is_directory(p, ec)) {
+    if (fs::exists(p / "config.json")) return load_hf(path);
+    fail(path, "folder has no config.json (expected a Hugging Face model folder)");
+  }
+  if (p.extension() == ".gguf") return load_gguf(path);
+  if (p.filename() == "config.json") return load_hf(p.parent_path().string());
+  if (p.extension() == ".safetensors") return load_hf(p.parent_path().string());
+  return load_llama2c(path, tokenizer_path);
+}
+
+Tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_path) {
+  fs::path p(path);
+  std::error_code ec;
+  if (!fs::exists(p, ec)) fail(path, "no such file or directory");
+  if (fs::is_directory(p, ec)) return Tokenizer(read_hf_tokenizer_json((p / "tokenizer.json").string()));
+  if (p.extension() == ".gguf") {
+    MappedFile f(path);
+    return Tokenizer(vocab_from_gguf(gguf::parse(f.bytes(), path)));
+  }
+  if (p.filename() == "tokenizer.json") return Tokenizer(read_hf_tokenizer_json(path));
+  return load_model(path, tokenizer_path).tokenizer;  // llama2.c: small, the header gives the vocab size
+}
+
+}  // namespace kvscope
