@@ -10,39 +10,37 @@ using simd::dot;
 
 namespace {
 
-// Four rows of W against one X row: each loaded X vector feeds four FMAs.
-inline void dot4(const float* __restrict w0, const float* __restrict x, int n, int64_t stride, float* out) {
-  const float* w1 = w0 + stride;
-  const float* w2 = w1 + stride;
-  const float* w3 = w2 + stride;
+// Four rows of W against N rows of X: Y[t][o + r] for r < 4, t < N. Each loaded W vector
+// feeds N FMAs and each X vector four. The sum for one (row, token) pair is accumulated
+// in the same order whatever N is, so batched prefill and one-token decode agree bitwise.
+template <int N>
+inline void kernel_4xN(const float* __restrict w, const float* __restrict x, int n, int64_t ldw, int64_t ldx,
+                       float* __restrict y, int64_t ldy) {
   int i = 0;
-  float t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+  float t[4][N] = {};
 #ifdef KVSCOPE_AVX2
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  __m256 acc[4][N];
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < N; ++c) acc[r][c] = _mm256_setzero_ps();
   for (; i + 8 <= n; i += 8) {
-    const __m256 xv = _mm256_loadu_ps(x + i);
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i), xv, a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i), xv, a1);
-    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i), xv, a2);
-    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), xv, a3);
+    __m256 xv[N];
+    for (int c = 0; c < N; ++c) xv[c] = _mm256_loadu_ps(x + c * ldx + i);
+    for (int r = 0; r < 4; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * ldw + i);
+      for (int c = 0; c < N; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
   }
-  float r[4];
-  _mm_storeu_ps(r, simd::hsum4(a0, a1, a2, a3));
-  t0 = r[0];
-  t1 = r[1];
-  t2 = r[2];
-  t3 = r[3];
+  for (int c = 0; c < N; ++c) {
+    float r4[4];
+    _mm_storeu_ps(r4, simd::hsum4(acc[0][c], acc[1][c], acc[2][c], acc[3][c]));
+    for (int r = 0; r < 4; ++r) t[r][c] = r4[r];
+  }
 #endif
-  for (; i < n; ++i) {
-    t0 += w0[i] * x[i];
-    t1 += w1[i] * x[i];
-    t2 += w2[i] * x[i];
-    t3 += w3[i] * x[i];
-  }
-  out[0] = t0;
-  out[1] = t1;
-  out[2] = t2;
-  out[3] = t3;
+  for (; i < n; ++i)
+    for (int r = 0; r < 4; ++r)
+      for (int c = 0; c < N; ++c) t[r][c] += w[r * ldw + i] * x[c * ldx + i];
+  for (int c = 0; c < N; ++c)
+    for (int r = 0; r < 4; ++r) y[c * ldy + r] = t[r][c];
 }
 
 }  // namespace
@@ -51,21 +49,18 @@ void matmul(const float* W, const float* X, float* Y, int T, int in, int out, in
   const int64_t work = static_cast<int64_t>(T) * in * out;
   const int nt = (threads > 1 && work >= (1 << 17)) ? threads : 1;
   const int blocks = (out + 3) / 4;
-  // Parallel over blocks of 4 output rows; each block sweeps all T inputs while its
-  // rows are hot in L1.
+  // Parallel over blocks of 4 output rows; each block sweeps all T inputs, two at a
+  // time, while its rows are hot in L1.
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (int b = 0; b < blocks; ++b) {
     const int o = b * 4;
+    const float* w = W + static_cast<int64_t>(o) * in;
     if (o + 4 <= out) {
-      for (int t = 0; t < T; ++t) {
-        float r[4];
-        dot4(W + static_cast<int64_t>(o) * in, X + static_cast<int64_t>(t) * in, in, in, r);
-        float* y = Y + static_cast<int64_t>(t) * out + o;
-        y[0] = r[0];
-        y[1] = r[1];
-        y[2] = r[2];
-        y[3] = r[3];
-      }
+      int t = 0;
+      for (; t + 2 <= T; t += 2)
+        kernel_4xN<2>(w, X + static_cast<int64_t>(t) * in, in, in, in, Y + static_cast<int64_t>(t) * out + o, out);
+      for (; t < T; ++t)
+        kernel_4xN<1>(w, X + static_cast<int64_t>(t) * in, in, in, in, Y + static_cast<int64_t>(t) * out + o, out);
     } else {
       for (int oo = o; oo < out; ++oo)
         for (int t = 0; t < T; ++t)
