@@ -7,7 +7,8 @@
 //   * Spm  — SentencePiece-style BPE: text -> UTF-8 characters (spaces escaped to the
 //            space symbol, optional dummy prefix), repeatedly merge the adjacent pair whose
 //            concatenation is a token with the highest score (ties: leftmost), unknown
-//            pieces fall back to <0xXX> byte tokens. llama2.c, GGUF "llama", HF Metaspace.
+//            pieces fall back to <0xXX> byte tokens. llama2.c, GGUF "llama", HF Metaspace
+//            (the latter merges by merge rank; see VocabData::merges).
 //   * Bpe  — byte-level BPE (GPT-2): pre-tokenizer split (regex per `pre`), bytes mapped
 //            to printable code points, merges applied by rank (lowest first).
 #include <cstdint>
@@ -30,9 +31,12 @@ struct VocabData {
   Kind kind = Kind::Spm;
   std::vector<std::string> tokens;  // piece text as stored (SPM with space symbol; BPE byte-level encoded)
   std::vector<float> scores;        // SPM merge priority (higher merges first); may be empty for BPE
-  std::vector<TokenType> types;     // may be empty (all Normal)
-  std::vector<std::string> merges;  // BPE: "left right", rank = index
+  std::vector<TokenType> types;     // may be empty: the Tokenizer then fills it (Normal; SPM
+                                    // "<0xHH>" Byte; unk Unknown; BOS/EOS Control)
+  std::vector<std::string> merges;  // BPE: "left right", rank = index. Spm: when non-empty
+                                    // (HF tokenizer.json), pairs merge by rank, not score
   std::string pre = "default";      // BPE pre-tokenizer: "gpt2"/"default", "smollm", "llama3", ...
+                                    // Spm: "default" (none) or "split" (Metaspace split=true)
   std::string space_symbol = "\xE2\x96\x81";  // SPM: U+2581; llama2.c stores plain ' '
   bool add_space_prefix = true;     // SPM dummy prefix
   bool add_bos = true;
