@@ -93,7 +93,7 @@ void add_model_commands(CLI::App& app) {
     static int max_new = 64;
     static float temperature = 0.0f, top_p = 0.9f;
     static uint64_t seed = 42;
-    static bool as_json = false, stats = false, no_bos = false, ignore_eos = false;
+    static bool as_json = false, stats = false, no_bos = false, ignore_eos = false, literal = false;
     add_model_args(c, ma);
     c->add_option("--prompt,-p", prompt, "Prompt text");
     c->add_option("--prompt-file", prompt_file, "Read the prompt from a file")->check(CLI::ExistingFile);
@@ -102,6 +102,7 @@ void add_model_commands(CLI::App& app) {
     c->add_option("--top-p", top_p, "Nucleus mass when sampling")->check(CLI::Range(0.0f, 1.0f));
     c->add_option("--seed", seed, "Sampling seed");
     c->add_flag("--no-bos", no_bos, "Do not prepend BOS even if the tokenizer asks for it");
+    c->add_flag("--no-special", literal, "Treat control tokens in the prompt (<|im_start|>, <s>) as plain text");
     c->add_flag("--ignore-eos", ignore_eos, "Keep generating past EOS/BOS (benchmarks)");
     c->add_flag("--json", as_json, "Print ids, text and timing as JSON");
     c->add_flag("--stats", stats, "Print tokens/s to stderr");
@@ -110,7 +111,7 @@ void add_model_commands(CLI::App& app) {
       const Tokenizer& tok = m.tokenizer;
       const std::string text = prompt_text(prompt, prompt_file);
       const bool bos = !no_bos && (tok.add_bos_default() || m.config.format == "llama2c");
-      std::vector<int32_t> ids = tok.encode(text, bos);
+      std::vector<int32_t> ids = tok.encode(text, bos, !literal);
       if (ids.empty()) throw Error("generate: the prompt is empty and the tokenizer adds no BOS; give --prompt");
       cpu::Runtime rt(m, {.threads = ma.threads});
       cpu::Sampler sampler(temperature, top_p, seed);
@@ -165,11 +166,12 @@ void add_model_commands(CLI::App& app) {
     auto* c = app.add_subcommand("tokenize", "Encode text with a model's tokenizer; prints JSON ids");
     static ModelArgs ma;
     static std::string text, input_json;
-    static bool bos = false, decode_back = false;
+    static bool bos = false, decode_back = false, special = false;
     add_model_args(c, ma);
     c->add_option("--text", text, "Text to encode");
     c->add_option("--input-json", input_json, "JSON array of strings; prints a JSON array of id arrays")->check(CLI::ExistingFile);
     c->add_flag("--bos", bos, "Prepend BOS");
+    c->add_flag("--parse-special", special, "Match control tokens (<|im_start|>, <s>) in the text");
     c->add_flag("--decode", decode_back, "Also print the decoded text (single --text only)");
     c->callback([] {
       const Tokenizer tok = load_tokenizer(ma.model, ma.tokenizer);
@@ -184,12 +186,12 @@ void add_model_commands(CLI::App& app) {
         json out = json::array();
         for (size_t i = 0; i < in.size(); ++i) {
           if (!in[i].is_string()) fail(input_json, "[" + std::to_string(i) + "]: expected a string");
-          out.push_back(tok.encode(in[i].get<std::string>(), bos));
+          out.push_back(tok.encode(in[i].get<std::string>(), bos, special));
         }
         std::cout << out.dump() << "\n";
         return;
       }
-      const auto ids = tok.encode(text, bos);
+      const auto ids = tok.encode(text, bos, special);
       json out = ids;
       if (decode_back) out = {{"ids", ids}, {"text", tok.decode(ids)}};
       std::cout << out.dump() << "\n";

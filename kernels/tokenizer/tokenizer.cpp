@@ -104,7 +104,8 @@ struct Tokenizer::Engine {
   std::vector<uint8_t> can_encode;
   std::array<int32_t, 256> byte_id{};  // SPM: <0xHH>; BPE: the byte's printable code point
   std::unordered_map<uint64_t, Merge> merges;  // (left id << 32 | right id)
-  std::vector<std::pair<std::string, int32_t>> user_tokens;  // longest first
+  std::vector<std::pair<std::string, int32_t>> user_tokens;     // longest first
+  std::vector<std::pair<std::string, int32_t>> special_tokens;  // user-defined + control, longest first
   std::vector<std::string> pieces;                           // decoded bytes per id
   std::vector<uint8_t> is_control;
   std::string identity;
@@ -353,9 +354,12 @@ Tokenizer::Tokenizer(VocabData v) : v_(std::move(v)) {
     if (!fresh && enc && !e->can_encode[it->second]) it->second = static_cast<int32_t>(i);
     if (v_.types[i] == TokenType::UserDefined && !v_.tokens[i].empty())
       e->user_tokens.emplace_back(v_.tokens[i], static_cast<int32_t>(i));
+    if ((v_.types[i] == TokenType::UserDefined || v_.types[i] == TokenType::Control) && !v_.tokens[i].empty())
+      e->special_tokens.emplace_back(v_.tokens[i], static_cast<int32_t>(i));
   }
-  std::stable_sort(e->user_tokens.begin(), e->user_tokens.end(),
-                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+  for (auto* list : {&e->user_tokens, &e->special_tokens})
+    std::stable_sort(list->begin(), list->end(),
+                     [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
   auto any_id = [&](std::string_view s) -> int32_t {
     auto it = e->piece_to_id.find(s);
     return it == e->piece_to_id.end() ? -1 : it->second;
@@ -460,19 +464,20 @@ const Tokenizer::Engine& Tokenizer::engine() const {
   return *e_;
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos) const {
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool parse_special) const {
   const Engine& e = engine();
   std::vector<int32_t> out;
   if (add_bos && v_.bos_id >= 0) out.push_back(v_.bos_id);
-  // User-defined tokens are matched in the text first (leftmost, longest); the text
-  // between them is encoded normally. Only a fragment at the very start gets the SPM
-  // dummy prefix.
+  // User-defined tokens (and with parse_special, control tokens such as <|im_start|>)
+  // are matched in the text first (leftmost, longest); the text between them is
+  // encoded normally. Only a fragment at the very start gets the SPM dummy prefix.
+  const auto& specials = parse_special ? e.special_tokens : e.user_tokens;
   size_t start = 0;
-  if (!e.user_tokens.empty()) {
+  if (!specials.empty()) {
     for (size_t i = 0; i < text.size();) {
       int32_t hit = -1;
       size_t len = 0;
-      for (const auto& [t, id] : e.user_tokens) {
+      for (const auto& [t, id] : specials) {
         if (text.compare(i, t.size(), t) == 0) {
           hit = id, len = t.size();
           break;

@@ -49,8 +49,9 @@ class Tokenizer {
   Tokenizer() = default;
   explicit Tokenizer(VocabData v);
 
-  // Encodes text (no special-token parsing: "<s>" in text is literal text).
-  std::vector<int32_t> encode(std::string_view text, bool add_bos) const;
+  // Encodes text. User-defined tokens are always matched as units; control tokens
+  // ("<s>", "<|im_start|>") only with parse_special, else they are literal text.
+  std::vector<int32_t> encode(std::string_view text, bool add_bos, bool parse_special = false) const;
   // Concatenated bytes of the tokens; BOS/EOS/control tokens decode to nothing,
   // byte tokens to their byte; an SPM leading dummy-prefix space after BOS is dropped.
   std::string decode(std::span<const int32_t> ids) const;
