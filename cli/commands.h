@@ -5,5 +5,6 @@
 namespace kvscope::cli {
 
 void add_model_commands(CLI::App& app);  // generate, tokenize, logits, model-info
+void add_trace_commands(CLI::App& app);  // trace, trace-info, trace-dump
 
 }  // namespace kvscope::cli

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("kvscope ") + KVSCOPE_VERSION);
   app.require_subcommand(1);
   kvscope::cli::add_model_commands(app);
+  kvscope::cli::add_trace_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -13,7 +13,7 @@ DEB_PKGS=(
   libboost-mpi-dev libboost-serialization-dev openmpi-bin libopenmpi-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev libomp-dev
-  python3 python3-venv python3-pip python3-numpy python3-matplotlib
+  python3 python3-venv python3-pip python3-numpy python3-matplotlib python3-zstandard
 )
 
 need=()

@@ -1,0 +1,328 @@
+// Trace subcommands: trace (capture), trace-info, trace-dump.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "kernels/cpu/runtime.h"
+#include "kernels/io/error.h"
+#include "kernels/io/halfs.h"
+#include "kernels/io/mapped_file.h"
+#include "kernels/model/model.h"
+#include "traces/reader.h"
+#include "traces/writer.h"
+
+namespace kvscope::cli {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+class Progress {
+ public:
+  Progress(int total, bool enabled) : total_(total), enabled_(enabled), t0_(std::chrono::steady_clock::now()) {}
+  void update(int done) {
+    if (!enabled_) return;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    const int w = 30, fill = total_ > 0 ? w * done / total_ : w;
+    std::fprintf(stderr, "\r[%.*s%*s] %d/%d steps  %.1f steps/s ", fill, "##############################", w - fill, "", done,
+                 total_, done / std::max(s, 1e-9));
+    std::fflush(stderr);
+  }
+  void done() {
+    if (enabled_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  int total_;
+  bool enabled_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+// Per-layer statistics over every stored row: mean entropy (nats) and sink mass
+// (probability on keys 0..3). Top-k rows: the residual is spread evenly over the keys
+// not kept (an upper bound on the entropy) and counts toward the sink mass only through
+// kept sink keys (a lower bound).
+struct LayerStats {
+  double entropy = 0, sink = 0, rows = 0, entries = 0;
+};
+
+void accumulate(const trace::RowView& r, trace::Mode mode, LayerStats& st, std::vector<float>& buf) {
+  buf.resize(r.n);
+  trace::halves_to_floats(r.probs, buf.data(), r.n);
+  double h = 0, sink = 0;
+  for (uint32_t i = 0; i < r.n; ++i) {
+    const double p = buf[i];
+    if (p > 0) h -= p * std::log(p);
+    const uint32_t key = mode == trace::Mode::Dense ? i : r.keys[i];
+    if (key < 4) sink += p;
+  }
+  if (mode == trace::Mode::TopK && r.residual > 0 && r.qpos + 1 > r.n) {
+    const double rest = r.qpos + 1 - r.n;
+    h -= r.residual * std::log(r.residual / rest);
+  }
+  st.entropy += h;
+  st.sink += sink;
+  st.rows += 1;
+  st.entries += r.qpos + 1;
+}
+
+std::vector<float> to_floats(const uint16_t* p, size_t n) {
+  std::vector<float> v(n);
+  trace::halves_to_floats(p, v.data(), n);
+  return v;
+}
+
+}  // namespace
+
+void add_trace_commands(CLI::App& app) {
+  // ---- trace ----------------------------------------------------------------
+  {
+    auto* c = app.add_subcommand("trace", "Run a model on a prompt and capture its attention into a .kvt trace");
+    static std::string model, tokenizer, prompt, prompt_file, out;
+    static int max_new = 128, threads = 0, topk = 0;
+    static bool dense = false, with_qkv = false, ignore_eos = false, literal = false, quiet = false;
+    static trace::CaptureSettings cs;
+    static float temperature = 0.0f, top_p = 0.9f;
+    static uint64_t seed = 42;
+    static std::string device = "cpu";
+    c->add_option("--model,-m", model, "Model: llama2.c .bin, .gguf, or Hugging Face folder")->required();
+    c->add_option("--tokenizer", tokenizer, "llama2.c tokenizer (default: beside the model)");
+    c->add_option("--prompt-file", prompt_file, "Prompt text file")->check(CLI::ExistingFile);
+    c->add_option("--prompt,-p", prompt, "Prompt text (instead of --prompt-file)");
+    c->add_option("--max-new-tokens,-n", max_new, "Tokens to generate (steps = prefill + n-1 decodes), capped by the context")
+        ->check(CLI::Range(1, 1 << 20));
+    auto* o_topk = c->add_option("--topk", topk, "Store the top-k keys of each attention row (with residual mass and log-sum-exp)")
+                       ->check(CLI::PositiveNumber);
+    auto* o_dense = c->add_flag("--dense", dense, "Store every probability in fp16 (the default)");
+    o_topk->excludes(o_dense);
+    c->add_flag("--with-qkv", with_qkv, "Also store Q (stored rows) and K/V (every token) in fp16");
+    c->add_option("--prefill-window", cs.prefill_window, "Prefill: last w query rows stored in full (default 32)")
+        ->check(CLI::NonNegativeNumber);
+    c->add_option("--steps-per-chunk", cs.steps_per_chunk, "Steps per compressed chunk (default 16)")->check(CLI::Range(1, 1 << 16));
+    c->add_option("--zstd-level", cs.zstd_level, "zstd level (default 9)")->check(CLI::Range(1, 22));
+    c->add_option("--temperature", temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));
+    c->add_option("--top-p", top_p, "Nucleus mass when sampling")->check(CLI::Range(0.0f, 1.0f));
+    c->add_option("--seed", seed, "Sampling seed");
+    c->add_flag("--ignore-eos", ignore_eos, "Keep generating past EOS (fills the context)");
+    c->add_flag("--no-special", literal, "Treat control tokens in the prompt as plain text");
+    c->add_option("--threads,-t", threads, "CPU threads (0: all cores); results do not depend on it")->check(CLI::NonNegativeNumber);
+    c->add_option("--device", device, "cpu (cuda: when built with CUDA and a GPU is present)")->check(CLI::IsMember({"cpu", "cuda"}));
+    c->add_flag("--quiet,-q", quiet, "No progress bar");
+    c->add_option("--out,-o", out, "Output trace file (.kvt)")->required();
+    c->callback([] {
+      if (device != "cpu") throw Error("trace: --device cuda is not available yet in this build; use --device cpu");
+      cs.mode = topk > 0 ? trace::Mode::TopK : trace::Mode::Dense;
+      cs.topk = topk;
+      cs.with_qkv = with_qkv;
+      const Model m = load_model(model, tokenizer);
+      std::string text = prompt;
+      if (!prompt_file.empty()) text = read_text_file(prompt_file);
+      const bool bos = m.tokenizer.add_bos_default() || m.config.format == "llama2c";
+      const std::vector<int32_t> ids = m.tokenizer.encode(text, bos, !literal);
+      if (ids.empty()) throw Error("trace: the prompt encodes to no tokens");
+      cpu::Runtime rt(m, {.threads = threads});
+      const int ctx = rt.kv().max_tokens();
+      const int P = static_cast<int>(ids.size());
+      if (P > ctx) throw Error("trace: prompt has " + std::to_string(P) + " tokens, more than the context of " + std::to_string(ctx));
+      const int steps = std::min(max_new, ctx - P + 1);
+      const json extra = {{"device", device},
+                          {"max_new_tokens", max_new},
+                          {"temperature", temperature},
+                          {"top_p", top_p},
+                          {"seed", seed},
+                          {"ignore_eos", ignore_eos},
+                          {"prompt_file", prompt_file.empty() ? "" : fs::path(prompt_file).filename().string()},
+                          {"model_file", fs::path(model).filename().string()}};
+      trace::TraceWriter w(out, trace::TraceWriter::make_header(m, ids, cs, extra), m.config, cs);
+      rt.set_observer(&w);
+      cpu::Sampler sampler(temperature, top_p, seed);
+      Progress bar(steps, !quiet && ::isatty(2));
+      const auto t0 = std::chrono::steady_clock::now();
+      w.begin_step(0, trace::StepKind::Prefill, P, 0, -1);
+      auto logits = rt.prefill(ids);
+      w.end_step();
+      bar.update(1);
+      int done = 1;
+      for (int s = 1; s < steps; ++s) {
+        const int32_t next = sampler.sample(logits);
+        if (!ignore_eos && (next == m.tokenizer.eos() || (m.config.format == "llama2c" && next == m.tokenizer.bos()))) break;
+        w.begin_step(s, trace::StepKind::Decode, 1, P + s - 1, next);
+        logits = rt.decode(next);
+        w.end_step();
+        bar.update(++done);
+      }
+      w.finish();
+      bar.done();
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::fprintf(stderr, "wrote %s: %d steps (prompt %d tokens, context %d), %llu bytes, %.2f s\n", out.c_str(), done, P,
+                   P + done - 1, static_cast<unsigned long long>(w.bytes_written()), secs);
+    });
+  }
+  // ---- trace-info -----------------------------------------------------------
+  {
+    auto* c = app.add_subcommand("trace-info", "Summarise a trace: model, steps, sizes, per-layer entropy and sink mass");
+    static std::string path;
+    static bool as_json = false;
+    c->add_option("trace", path, "Trace file (.kvt)")->required();
+    c->add_flag("--json", as_json, "Machine-readable output");
+    c->callback([] {
+      trace::TraceReader r(path);
+      const auto& in = r.info();
+      std::vector<LayerStats> st(in.n_layers);
+      trace::LayerFrame f;
+      std::vector<float> buf;
+      std::string read_error;
+      try {
+        for (uint32_t ci = 0; ci < r.chunks().size(); ++ci)
+          for (uint32_t l = 0; l < in.n_layers; ++l) {
+            r.read_frame(ci, l, f);
+            for (const auto& sv : f.steps)
+              for (uint32_t i = 0; i < sv.n_rows * in.n_heads; ++i) accumulate(sv.rows[i], in.mode, st[l], buf);
+          }
+      } catch (const Error& e) {
+        read_error = e.what();
+      }
+      double entries = 0;
+      for (auto& s : st) entries += s.entries;
+      const json& h = r.header();
+      json layers = json::array();
+      for (uint32_t l = 0; l < in.n_layers; ++l)
+        layers.push_back({{"layer", l},
+                          {"mean_entropy_nats", st[l].rows ? st[l].entropy / st[l].rows : 0.0},
+                          {"sink_mass", st[l].rows ? st[l].sink / st[l].rows : 0.0},
+                          {"rows", st[l].rows}});
+      const uint32_t last_ctx = r.n_steps() == 0 ? 0 : in.prompt_len + r.n_steps() - 1;
+      json j = {{"file", path},
+                {"model", h["model"]},
+                {"synthetic", in.synthetic},
+                {"tokenizer", h.value("tokenizer", json::object())},
+                {"capture", h["capture"]},
+                {"prompt_tokens", in.prompt_len},
+                {"steps", r.n_steps()},
+                {"final_context", last_ctx},
+                {"layers", in.n_layers},
+                {"q_heads", in.n_heads},
+                {"kv_heads", in.n_kv_heads},
+                {"chunks", r.chunks().size()},
+                {"bytes", r.file_size()},
+                {"attention_entries", entries},
+                {"bytes_per_entry", entries > 0 ? r.file_size() / entries : 0.0},
+                {"complete", r.complete() && read_error.empty()},
+                {"per_layer", layers}};
+      if (!r.damage().empty()) j["damage"] = r.damage();
+      if (!read_error.empty()) j["damage"] = read_error;
+      if (as_json) {
+        std::cout << j.dump(1) << "\n";
+      } else {
+        std::printf("trace        %s%s\n", path.c_str(), in.synthetic ? "  (SYNTHETIC)" : "");
+        std::printf("model        %s (%s): %u layers, %u query / %u KV heads, head_dim %u\n",
+                    h["model"].value("name", "?").c_str(), h["model"].value("format", "?").c_str(), in.n_layers, in.n_heads,
+                    in.n_kv_heads, in.head_dim);
+        std::printf("capture      %s%s%s, prefill window %u\n", in.mode == trace::Mode::Dense ? "dense fp16" : "top-k",
+                    in.mode == trace::Mode::TopK ? (" k=" + std::to_string(in.topk)).c_str() : "",
+                    in.with_qkv ? ", with Q/K/V" : "", in.prefill_window);
+        std::printf("steps        %u (step 0 = prefill of %u tokens; final context %u)\n", r.n_steps(), in.prompt_len, last_ctx);
+        std::printf("bytes        %llu in %zu chunks; %.0f attention entries; %.4f bytes/entry\n",
+                    static_cast<unsigned long long>(r.file_size()), r.chunks().size(), entries,
+                    entries > 0 ? r.file_size() / entries : 0.0);
+        std::printf("%-6s %18s %10s\n", "layer", "mean entropy (nat)", "sink mass");
+        for (auto& L : layers)
+          std::printf("%-6d %18.4f %10.4f\n", L["layer"].get<int>(), L["mean_entropy_nats"].get<double>(), L["sink_mass"].get<double>());
+      }
+      if (!read_error.empty()) throw Error(read_error);
+      if (!r.damage().empty()) throw Error(r.damage());
+    });
+  }
+  // ---- trace-dump -----------------------------------------------------------
+  {
+    auto* c = app.add_subcommand("trace-dump", "Print one head's attention row(s) at one step (and Q/K/V if stored)");
+    static std::string path;
+    static uint32_t step = 0, layer = 0, head = 0;
+    static bool as_json = false, all_rows = false;
+    c->add_option("trace", path, "Trace file (.kvt)")->required();
+    c->add_option("--step,-s", step, "Step (0 = prefill)")->required();
+    c->add_option("--layer,-l", layer, "Layer")->required();
+    c->add_option("--head", head, "Query head")->required();
+    c->add_flag("--all-rows", all_rows, "Prefill: print every stored row (default: the last)");
+    c->add_flag("--json", as_json, "Machine-readable output");
+    c->callback([] {
+      trace::TraceReader r(path);
+      const auto& in = r.info();
+      if (layer >= in.n_layers) throw Error("trace-dump: --layer " + std::to_string(layer) + " out of range (trace has " + std::to_string(in.n_layers) + ")");
+      if (head >= in.n_heads) throw Error("trace-dump: --head " + std::to_string(head) + " out of range (trace has " + std::to_string(in.n_heads) + ")");
+      trace::LayerFrame f;
+      const trace::StepLayerView& v = r.step_layer(step, layer, f);
+      const uint32_t kvh = head / in.group, hd = in.head_dim;
+      json rows = json::array();
+      const uint32_t r0 = all_rows ? 0 : v.n_rows - 1;
+      for (uint32_t ri = r0; ri < v.n_rows; ++ri) {
+        const trace::RowView& rv = v.row(ri, head, in.n_heads);
+        std::vector<uint32_t> keys(rv.n);
+        for (uint32_t i = 0; i < rv.n; ++i) keys[i] = in.mode == trace::Mode::Dense ? i : rv.keys[i];
+        json row = {{"qpos", rv.qpos}, {"lse", rv.lse}, {"keys", keys}, {"probs", to_floats(rv.probs, rv.n)}};
+        if (in.mode == trace::Mode::TopK) row["residual"] = rv.residual;
+        if (v.q) row["q"] = to_floats(v.q + (static_cast<size_t>(ri) * in.n_heads + head) * hd, hd);
+        rows.push_back(row);
+      }
+      json j = {{"step", v.step},
+                {"kind", v.kind == trace::StepKind::Prefill ? "prefill" : "decode"},
+                {"layer", layer},
+                {"head", head},
+                {"kv_head", kvh},
+                {"token", v.token},
+                {"n_queries", v.n_queries},
+                {"first_pos", v.first_pos},
+                {"rows", rows}};
+      if (v.colsum) j["colsum"] = std::vector<float>(v.colsum + static_cast<size_t>(head) * v.n_queries,
+                                                      v.colsum + static_cast<size_t>(head + 1) * v.n_queries);
+      if (v.k) {
+        json k = json::array(), vv = json::array();
+        for (uint32_t t = 0; t < v.n_queries; ++t) {
+          k.push_back(to_floats(v.k + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd, hd));
+          vv.push_back(to_floats(v.v + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd, hd));
+        }
+        j["k"] = k;  // one row per token run in this step, for this head's KV head
+        j["v"] = vv;
+      }
+      if (as_json) {
+        std::cout << j.dump() << "\n";
+        return;
+      }
+      std::printf("step %u (%s), layer %u, head %u (KV head %u)%s\n", v.step, j["kind"].get<std::string>().c_str(), layer, head,
+                  kvh, v.token >= 0 ? (", token " + std::to_string(v.token)).c_str() : "");
+      for (auto& row : rows) {
+        std::printf("query position %u  lse %.6f", row["qpos"].get<uint32_t>(), row["lse"].get<float>());
+        if (row.contains("residual")) std::printf("  residual %.6f", row["residual"].get<float>());
+        std::printf("\n  key:prob");
+        const auto& ks = row["keys"];
+        const auto& ps = row["probs"];
+        for (size_t i = 0; i < ks.size(); ++i) std::printf("%s%u:%.5f", i % 8 == 0 ? "\n  " : "  ", ks[i].get<uint32_t>(), ps[i].get<float>());
+        std::printf("\n");
+        if (row.contains("q")) {
+          std::printf("  q:");
+          for (auto& x : row["q"]) std::printf(" %.4f", x.get<float>());
+          std::printf("\n");
+        }
+      }
+      if (j.contains("k")) {
+        std::printf("k (last token):");
+        for (auto& x : j["k"].back()) std::printf(" %.4f", x.get<float>());
+        std::printf("\nv (last token):");
+        for (auto& x : j["v"].back()) std::printf(" %.4f", x.get<float>());
+        std::printf("\n");
+      }
+    });
+  }
+}
+
+}  // namespace kvscope::cli
