@@ -152,7 +152,7 @@ void add_model_commands(CLI::App& app) {
                   {"decode_seconds", decode_s},
                   {"decode_tokens_per_s", decode_rate},
                   {"threads", rt.threads()}};
-        std::cout << j.dump(1) << "\n";
+        std::cout << j.dump(1, ' ', false, json::error_handler_t::replace) << "\n";
       } else {
         std::cout << "\n";
       }
@@ -188,13 +188,13 @@ void add_model_commands(CLI::App& app) {
           if (!in[i].is_string()) fail(input_json, "[" + std::to_string(i) + "]: expected a string");
           out.push_back(tok.encode(in[i].get<std::string>(), bos, special));
         }
-        std::cout << out.dump() << "\n";
+        std::cout << out.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
         return;
       }
       const auto ids = tok.encode(text, bos, special);
       json out = ids;
       if (decode_back) out = {{"ids", ids}, {"text", tok.decode(ids)}};
-      std::cout << out.dump() << "\n";
+      std::cout << out.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
     });
   }
   // ---- logits ---------------------------------------------------------------
@@ -237,7 +237,7 @@ void add_model_commands(CLI::App& app) {
     auto* c = app.add_subcommand("model-info", "Load a model and print its configuration as JSON");
     static ModelArgs ma;
     add_model_args(c, ma);
-    c->callback([] { std::cout << model_json(load_model(ma.model, ma.tokenizer)).dump(1) << "\n"; });
+    c->callback([] { std::cout << model_json(load_model(ma.model, ma.tokenizer)).dump(1, ' ', false, json::error_handler_t::replace) << "\n"; });
   }
 }
 

@@ -147,10 +147,12 @@ void add_trace_commands(CLI::App& app) {
       rt.set_observer(&w);
       cpu::Sampler sampler(temperature, top_p, seed);
       Progress bar(steps, !quiet && ::isatty(2));
-      const auto t0 = std::chrono::steady_clock::now();
+      using clk = std::chrono::steady_clock;
+      const auto t0 = clk::now();
       w.begin_step(0, trace::StepKind::Prefill, P, 0, -1);
       auto logits = rt.prefill(ids);
       w.end_step();
+      const auto t1 = clk::now();
       bar.update(1);
       int done = 1;
       for (int s = 1; s < steps; ++s) {
@@ -161,11 +163,15 @@ void add_trace_commands(CLI::App& app) {
         w.end_step();
         bar.update(++done);
       }
+      const auto t2 = clk::now();
       w.finish();
       bar.done();
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::fprintf(stderr, "wrote %s: %d steps (prompt %d tokens, context %d), %llu bytes, %.2f s\n", out.c_str(), done, P,
-                   P + done - 1, static_cast<unsigned long long>(w.bytes_written()), secs);
+      const double secs = std::chrono::duration<double>(clk::now() - t0).count();
+      const double pre_s = std::chrono::duration<double>(t1 - t0).count(), dec_s = std::chrono::duration<double>(t2 - t1).count();
+      std::fprintf(stderr,
+                   "wrote %s: %d steps (prompt %d tokens, context %d), %llu bytes, %.2f s; prefill %.1f tok/s, decode %.1f tok/s\n",
+                   out.c_str(), done, P, P + done - 1, static_cast<unsigned long long>(w.bytes_written()), secs,
+                   P / std::max(pre_s, 1e-9), (done - 1) / std::max(dec_s, 1e-9));
     });
   }
   // ---- trace-info -----------------------------------------------------------
@@ -222,7 +228,7 @@ void add_trace_commands(CLI::App& app) {
       if (!r.damage().empty()) j["damage"] = r.damage();
       if (!read_error.empty()) j["damage"] = read_error;
       if (as_json) {
-        std::cout << j.dump(1) << "\n";
+        std::cout << j.dump(1, ' ', false, json::error_handler_t::replace) << "\n";
       } else {
         std::printf("trace        %s%s\n", path.c_str(), in.synthetic ? "  (SYNTHETIC)" : "");
         std::printf("model        %s (%s): %u layers, %u query / %u KV heads, head_dim %u\n",

@@ -64,7 +64,7 @@ TraceWriter::TraceWriter(const std::string& path, const json& header, const Mode
   if (s_.prefill_window < 0) throw Error("trace: prefill_window must be >= 0");
   fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) fail(path, std::string("cannot create: ") + std::strerror(errno));
-  const std::string text = header.dump();
+  const std::string text = header.dump(-1, ' ', false, json::error_handler_t::replace);
   std::vector<uint8_t> h;
   h.insert(h.end(), kFileMagic, kFileMagic + 8);
   put<uint32_t>(h, kVersion);

@@ -26,17 +26,24 @@ Model load_gguf(const std::string& path) {
                ? g.meta["general.name"].get<std::string>()
                : std::filesystem::path(path).stem().string();
   auto key = [&](const char* k) { return arch + "." + k; };
-  auto opt_int = [&](const std::string& k, int64_t dflt) { return g.meta.contains(k) ? gguf::get_int(g, k) : dflt; };
-  c.dim = static_cast<int32_t>(gguf::get_int(g, key("embedding_length")));
-  c.hidden_dim = static_cast<int32_t>(gguf::get_int(g, key("feed_forward_length")));
-  c.n_layers = static_cast<int32_t>(gguf::get_int(g, key("block_count")));
-  c.n_heads = static_cast<int32_t>(gguf::get_int(g, key("attention.head_count")));
-  c.n_kv_heads = static_cast<int32_t>(opt_int(key("attention.head_count_kv"), c.n_heads));
+  // Metadata integers are 64-bit; the model's dimensions must fit in int32.
+  auto i32 = [&](const std::string& k, int64_t v) {
+    if (v < INT32_MIN || v > INT32_MAX)
+      fail(path, "metadata key '" + k + "': value " + std::to_string(v) + " out of range");
+    return static_cast<int32_t>(v);
+  };
+  auto req_int = [&](const std::string& k) { return i32(k, gguf::get_int(g, k)); };
+  auto opt_int = [&](const std::string& k, int64_t dflt) { return i32(k, g.meta.contains(k) ? gguf::get_int(g, k) : dflt); };
+  c.dim = req_int(key("embedding_length"));
+  c.hidden_dim = req_int(key("feed_forward_length"));
+  c.n_layers = req_int(key("block_count"));
+  c.n_heads = req_int(key("attention.head_count"));
+  c.n_kv_heads = opt_int(key("attention.head_count_kv"), c.n_heads);
   const int64_t hd_default = c.n_heads > 0 ? c.dim / c.n_heads : 0;
-  c.head_dim = static_cast<int32_t>(opt_int(key("attention.key_length"), hd_default));
+  c.head_dim = opt_int(key("attention.key_length"), hd_default);
   if (g.meta.contains(key("rope.dimension_count")) && gguf::get_int(g, key("rope.dimension_count")) != c.head_dim)
     fail(path, "metadata key '" + key("rope.dimension_count") + "': partial RoPE is not supported");
-  c.max_seq_len = static_cast<int32_t>(opt_int(key("context_length"), 2048));
+  c.max_seq_len = opt_int(key("context_length"), 2048);
   c.rope_theta = static_cast<float>(g.meta.contains(key("rope.freq_base")) ? gguf::get_float(g, key("rope.freq_base")) : 10000.0);
   c.norm_eps = static_cast<float>(gguf::get_float(g, key("attention.layer_norm_rms_epsilon")));
   if (g.meta.contains(key("rope.scaling.type")) && gguf::get_string(g, key("rope.scaling.type")) != "none")
@@ -48,8 +55,8 @@ Model load_gguf(const std::string& path) {
   // Vocabulary size: from metadata, else from the embedding's outer dimension.
   auto emb = by_name.find("token_embd.weight");
   if (emb == by_name.end()) fail(path, "tensor 'token_embd.weight' is missing");
-  c.vocab_size = static_cast<int32_t>(
-      opt_int(key("vocab_size"), emb->second->dims.size() == 2 ? static_cast<int64_t>(emb->second->dims[1]) : 0));
+  c.vocab_size =
+      opt_int(key("vocab_size"), emb->second->dims.size() == 2 ? static_cast<int64_t>(emb->second->dims[1]) : 0);
   c.tied_embeddings = by_name.find("output.weight") == by_name.end();
   c.validate(path);
 

@@ -33,13 +33,31 @@ json parse_json_file(const std::string& path) {
   }
 }
 
-int64_t cfg_int(const json& j, const std::string& file, const char* key, std::optional<int64_t> dflt = {}) {
+int32_t cfg_int(const json& j, const std::string& file, const char* key, std::optional<int64_t> dflt = {}) {
+  int64_t v;
   if (!j.contains(key) || j[key].is_null()) {
-    if (dflt) return *dflt;
-    fail(file, std::string(key) + ": missing");
+    if (!dflt) fail(file, std::string(key) + ": missing");
+    v = *dflt;
+  } else {
+    if (!j[key].is_number_integer()) fail(file, std::string(key) + ": expected an integer");
+    if (j[key].is_number_unsigned() && j[key].get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+      fail(file, std::string(key) + ": value out of range");
+    v = j[key].get<int64_t>();
   }
-  if (!j[key].is_number_integer()) fail(file, std::string(key) + ": expected an integer");
-  return j[key].get<int64_t>();
+  if (v < INT32_MIN || v > INT32_MAX) fail(file, std::string(key) + ": value " + std::to_string(v) + " out of range");
+  return static_cast<int32_t>(v);
+}
+
+bool cfg_bool(const json& j, const std::string& file, const char* key, bool dflt) {
+  if (!j.contains(key) || j[key].is_null()) return dflt;
+  if (!j[key].is_boolean()) fail(file, std::string(key) + ": expected a boolean");
+  return j[key].get<bool>();
+}
+
+std::string cfg_str(const json& j, const std::string& file, const char* key, const std::string& dflt) {
+  if (!j.contains(key) || j[key].is_null()) return dflt;
+  if (!j[key].is_string()) fail(file, std::string(key) + ": expected a string");
+  return j[key].get<std::string>();
 }
 
 double cfg_num(const json& j, const std::string& file, const char* key, double dflt) {
@@ -53,7 +71,7 @@ ModelConfig read_config(const std::string& file) {
   if (!j.is_object()) fail(file, "expected a JSON object");
   ModelConfig c;
   c.format = "hf";
-  const std::string mt = j.value("model_type", std::string());
+  const std::string mt = cfg_str(j, file, "model_type", "");
   bool llama = mt == "llama";
   if (j.contains("architectures") && j["architectures"].is_array())
     for (auto& a : j["architectures"])
@@ -64,21 +82,20 @@ ModelConfig read_config(const std::string& file) {
     fail(file, "hidden_act: only 'silu' (SwiGLU) is supported, got " + j["hidden_act"].dump());
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     fail(file, "rope_scaling: RoPE scaling is not supported, got " + j["rope_scaling"].dump());
-  if (j.value("attention_bias", false) || j.value("mlp_bias", false))
+  if (cfg_bool(j, file, "attention_bias", false) || cfg_bool(j, file, "mlp_bias", false))
     fail(file, "attention_bias/mlp_bias: biases are not supported");
-  c.name = j.value("_name_or_path", fs::path(file).parent_path().filename().string());
-  c.dim = static_cast<int32_t>(cfg_int(j, file, "hidden_size"));
-  c.hidden_dim = static_cast<int32_t>(cfg_int(j, file, "intermediate_size"));
-  c.n_layers = static_cast<int32_t>(cfg_int(j, file, "num_hidden_layers"));
-  c.n_heads = static_cast<int32_t>(cfg_int(j, file, "num_attention_heads"));
-  c.n_kv_heads = static_cast<int32_t>(cfg_int(j, file, "num_key_value_heads", c.n_heads));
-  c.head_dim = static_cast<int32_t>(
-      cfg_int(j, file, "head_dim", c.n_heads > 0 && c.dim % c.n_heads == 0 ? c.dim / c.n_heads : 0));
-  c.vocab_size = static_cast<int32_t>(cfg_int(j, file, "vocab_size"));
-  c.max_seq_len = static_cast<int32_t>(cfg_int(j, file, "max_position_embeddings", 2048));
+  c.name = cfg_str(j, file, "_name_or_path", fs::path(file).parent_path().filename().string());
+  c.dim = cfg_int(j, file, "hidden_size");
+  c.hidden_dim = cfg_int(j, file, "intermediate_size");
+  c.n_layers = cfg_int(j, file, "num_hidden_layers");
+  c.n_heads = cfg_int(j, file, "num_attention_heads");
+  c.n_kv_heads = cfg_int(j, file, "num_key_value_heads", c.n_heads);
+  c.head_dim = cfg_int(j, file, "head_dim", c.n_heads > 0 && c.dim % c.n_heads == 0 ? c.dim / c.n_heads : 0);
+  c.vocab_size = cfg_int(j, file, "vocab_size");
+  c.max_seq_len = cfg_int(j, file, "max_position_embeddings", 2048);
   c.rope_theta = static_cast<float>(cfg_num(j, file, "rope_theta", 10000.0));
   c.norm_eps = static_cast<float>(cfg_num(j, file, "rms_norm_eps", 1e-6));
-  c.tied_embeddings = j.value("tie_word_embeddings", false);
+  c.tied_embeddings = cfg_bool(j, file, "tie_word_embeddings", false);
   c.rope = RopeLayout::Halves;
   c.validate(file);
   return c;

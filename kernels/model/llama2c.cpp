@@ -44,6 +44,7 @@ Model load_llama2c(const std::string& path, const std::string& tokenizer_path) {
   c.n_layers = h[2];
   c.n_heads = h[3];
   c.n_kv_heads = h[4];
+  if (h[5] == INT32_MIN) fail(path, "header: vocab_size out of range");
   c.tied_embeddings = h[5] > 0;
   c.vocab_size = h[5] < 0 ? -h[5] : h[5];
   c.max_seq_len = h[6];

@@ -27,9 +27,16 @@ void ModelConfig::validate(const std::string& src) const {
   if (head_dim % 2 != 0) fail(src, "head_dim: must be even for RoPE, got " + std::to_string(head_dim));
   if (!(rope_theta > 0)) fail(src, "rope_theta: must be positive");
   if (!(norm_eps > 0)) fail(src, "norm_eps: must be positive");
-  if (dim > (1 << 16) || hidden_dim > (1 << 18) || n_layers > 1024 || n_heads > 1024 || vocab_size > (1 << 22) ||
-      head_dim > 1024)
-    fail(src, "model dimensions are implausibly large");
+  auto at_most = [&](const char* field, int64_t v, int64_t limit) {
+    if (v > limit) fail(src, std::string(field) + ": " + std::to_string(v) + " exceeds the supported maximum " + std::to_string(limit));
+  };
+  at_most("dim", dim, 1 << 16);
+  at_most("hidden_dim", hidden_dim, 1 << 18);
+  at_most("n_layers", n_layers, 1024);
+  at_most("n_heads", n_heads, 1024);
+  at_most("head_dim", head_dim, 1024);
+  at_most("vocab_size", vocab_size, 1 << 22);
+  at_most("max_seq_len", max_seq_len, 1 << 24);
 }
 
 void check_numel(const std::string& file, const std::string& name, uint64_t got, uint64_t want) {
