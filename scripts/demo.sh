@@ -20,3 +20,8 @@ if [ -f "$SMOL" ]; then
 else
   echo "(skipping SmolLM2: $SMOL not found; run scripts/setup.sh)"
 fi
+echo "== default traces (traces/*.kvt) =="
+for t in traces/stories260K-short-prompt.kvt traces/stories260K-long-prompt.kvt; do
+  $KV trace-info "$t"
+  echo
+done
