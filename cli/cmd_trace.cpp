@@ -109,7 +109,7 @@ void add_trace_commands(CLI::App& app) {
     c->add_option("--prefill-window", cs.prefill_window, "Prefill: last w query rows stored in full (default 32)")
         ->check(CLI::NonNegativeNumber);
     c->add_option("--steps-per-chunk", cs.steps_per_chunk, "Steps per compressed chunk (default 16)")->check(CLI::Range(1, 1 << 16));
-    c->add_option("--zstd-level", cs.zstd_level, "zstd level (default 9)")->check(CLI::Range(1, 22));
+    c->add_option("--zstd-level", cs.zstd_level, "zstd level (default 3; the committed traces use 19)")->check(CLI::Range(1, 22));
     c->add_option("--temperature", temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));
     c->add_option("--top-p", top_p, "Nucleus mass when sampling")->check(CLI::Range(0.0f, 1.0f));
     c->add_option("--seed", seed, "Sampling seed");

@@ -10,9 +10,6 @@
 #include "kernels/io/halfs.h"
 #include "traces/crc32c.h"
 
-#if defined(__F16C__) && defined(__AVX__)
-#include <immintrin.h>
-#endif
 
 namespace kvscope::trace {
 
@@ -36,15 +33,6 @@ uint32_t json_u32(const json& j, const std::string& file, const char* obj, const
 }
 
 }  // namespace
-
-void halves_to_floats(const uint16_t* src, float* dst, size_t n) {
-  size_t i = 0;
-#if defined(__F16C__) && defined(__AVX__)
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-#endif
-  for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
-}
 
 TraceReader::TraceReader(const std::string& path) : file_(path) {
   const uint8_t* b = file_.data();

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/io/halfs.h"
 #include "kernels/io/mapped_file.h"
 #include "traces/format.h"
 
@@ -101,7 +102,6 @@ class TraceReader {
   std::string damage_;
 };
 
-// f16 -> f32 for n values (F16C when the build has it).
-void halves_to_floats(const uint16_t* src, float* dst, size_t n);
+using kvscope::halves_to_floats;  // f16 -> f32 for n values (kernels/io/halfs.h)
 
 }  // namespace kvscope::trace

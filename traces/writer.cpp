@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <functional>
 
 #include "kernels/io/error.h"
 #include "kernels/io/halfs.h"
@@ -120,6 +121,12 @@ void TraceWriter::begin_step(uint32_t step, StepKind kind, uint32_t n_queries, u
   }
 }
 
+static void append_halves(std::vector<uint16_t>& out, const float* src, size_t n) {
+  const size_t b = out.size();
+  out.resize(b + n);
+  floats_to_halves(src, out.data() + b, n);
+}
+
 void TraceWriter::on_attention(const cpu::AttentionRecord& r) {
   if (!in_step_) throw Error("trace: attention reported outside a step");
   StepLayer& sl = cur_.at(r.layer);
@@ -140,41 +147,35 @@ void TraceWriter::on_attention(const cpu::AttentionRecord& r) {
     if (s_.mode == Mode::Dense) {
       const size_t base = sl.rows_halves.size();
       sl.rows_halves.resize(base + n);
-      for (uint32_t j = 0; j < n; ++j) sl.rows_halves[base + j] = f32_to_f16(p[j]);
+      floats_to_halves(p, sl.rows_halves.data() + base, n);
     } else {
+      // The k largest probabilities, ties by lower position: find the k-th largest value
+      // t, keep every p > t and the first (k - #greater) entries equal to t, in position
+      // order (so keys come out ascending).
       const uint32_t k = std::min<uint32_t>(static_cast<uint32_t>(s_.topk), n);
-      // Min-heap of the k best (prob desc, position asc) seen so far. Scanning positions
-      // upward, a later equal probability never displaces an earlier one.
-      auto worse = [](const std::pair<float, uint32_t>& a, const std::pair<float, uint32_t>& b) {
-        return a.first > b.first || (a.first == b.first && a.second < b.second);
-      };
-      heap_.clear();
-      for (uint32_t j = 0; j < n; ++j) {
-        if (heap_.size() < k) {
-          heap_.emplace_back(p[j], j);
-          std::push_heap(heap_.begin(), heap_.end(), worse);
-        } else if (p[j] > heap_.front().first) {
-          std::pop_heap(heap_.begin(), heap_.end(), worse);
-          heap_.back() = {p[j], j};
-          std::push_heap(heap_.begin(), heap_.end(), worse);
-        }
-      }
-      std::sort(heap_.begin(), heap_.end(), [](auto& a, auto& b) { return a.second < b.second; });
+      sel_.assign(p, p + n);
+      std::nth_element(sel_.begin(), sel_.begin() + (k - 1), sel_.end(), std::greater<float>());
+      const float t = sel_[k - 1];
+      uint32_t greater = 0;
+      for (uint32_t j = 0; j < n; ++j) greater += p[j] > t;
+      uint32_t equal_left = k - greater;
       double kept = 0;
-      for (auto& e : heap_) kept += e.first;
-      put<float>(sl.rows_meta, static_cast<float>(1.0 - kept));
-      put<uint32_t>(sl.rows_meta, k);
-      for (auto& e : heap_) {
-        sl.rows_index.push_back(e.second);
-        sl.rows_halves.push_back(f32_to_f16(e.first));
+      const size_t base = sl.rows_index.size();
+      for (uint32_t j = 0; j < n; ++j) {
+        const bool keep = p[j] > t || (p[j] == t && equal_left > 0 && (--equal_left, true));
+        if (!keep) continue;
+        sl.rows_index.push_back(j);
+        sl.rows_halves.push_back(f32_to_f16(p[j]));
+        kept += p[j];
       }
+      put<float>(sl.rows_meta, static_cast<float>(1.0 - kept));
+      put<uint32_t>(sl.rows_meta, static_cast<uint32_t>(sl.rows_index.size() - base));
     }
-    if (s_.with_qkv)
-      for (int d = 0; d < cfg_.head_dim; ++d) sl.q.push_back(f32_to_f16(r.q[d]));
+    if (s_.with_qkv) append_halves(sl.q, r.q, cfg_.head_dim);
   }
   if (s_.with_qkv && r.q_head % cfg_.group() == 0) {
-    for (int d = 0; d < cfg_.head_dim; ++d) sl.k.push_back(f32_to_f16(r.k[d]));
-    for (int d = 0; d < cfg_.head_dim; ++d) sl.v.push_back(f32_to_f16(r.v[d]));
+    append_halves(sl.k, r.k, cfg_.head_dim);
+    append_halves(sl.v, r.v, cfg_.head_dim);
   }
 }
 

@@ -28,7 +28,7 @@ struct CaptureSettings {
   bool with_qkv = false;     // store Q (stored rows) and K/V (every token) in fp16
   int prefill_window = 32;   // prefill: last w query rows stored in full
   int steps_per_chunk = 16;
-  int zstd_level = 9;
+  int zstd_level = 3;
 };
 
 class TraceWriter : public cpu::AttentionObserver {
@@ -85,7 +85,7 @@ class TraceWriter : public cpu::AttentionObserver {
   // current chunk
   std::vector<LayerBuf> chunk_;
   uint32_t chunk_first_step_ = 0, chunk_steps_ = 0, chunk_index_ = 0, steps_done_ = 0;
-  std::vector<std::pair<float, uint32_t>> heap_;  // top-k scratch
+  std::vector<float> sel_;  // top-k scratch
   // writer thread
   std::thread thread_;
   mutable std::mutex mu_;

@@ -69,56 +69,69 @@ void Runtime::attention(int layer, int T, const float* q, float* out, const floa
   const int B = kv_.page_size();
   const int max_slots = kv_.max_tokens() + B;
   const int pairs = T * H;
-  const bool serial = observer_ != nullptr || threads_ == 1 ||
-                      static_cast<int64_t>(pairs) * kv_.n_slots(layer, 0) * hd < (1 << 15);
-  const int nt = serial ? 1 : threads_;
-  scores_.resize(static_cast<size_t>(nt) * max_slots);
-  if (observer_) slot_pos_.resize(max_slots);
+  const int64_t slots = kv_.n_slots(layer, 0);
+  // Without an observer each thread reuses one score row. With one, a block of rows is
+  // computed in parallel and kept, then reported in (query, head) order on this thread.
+  const int block = observer_ ? std::max(1, std::min(pairs, (1 << 22) / max_slots)) : pairs;
+  if (observer_) {
+    slot_pos_.resize(max_slots);
+    lse_.resize(block);
+  }
+  for (int b0 = 0; b0 < pairs; b0 += block) {
+    const int nb = std::min(block, pairs - b0);
+    const int nt = (threads_ > 1 && static_cast<int64_t>(nb) * slots * hd >= (1 << 15)) ? std::min(threads_, nb) : 1;
+    scores_.resize(static_cast<size_t>(observer_ ? nb : nt) * max_slots);
 
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int pi = 0; pi < pairs; ++pi) {
-    const int t = pi / H, h = pi % H, kvh = h / group;
-    const int32_t qpos = pos_ + t;
-    const float* qh = q + static_cast<size_t>(t) * H * hd + static_cast<size_t>(h) * hd;
-    float* sc = scores_.data() + static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0) * max_slots;
-    const int n = kv_.n_slots(layer, kvh);
-    // Pass 1: scores of live, causal slots; -inf elsewhere.
-    const int n_pages = kv_.n_pages(layer, kvh);
-    float mx = -INFINITY;
-    for (int pg = 0; pg < n_pages; ++pg) {
-      const KVCache::PageView pv = kv_.page(layer, kvh, pg);
-      float* sp = sc + static_cast<size_t>(pg) * B;
-      int j = 0;
-      for (; j + 8 <= pv.n; j += 8) simd::dot_rows8(qh, pv.k + static_cast<size_t>(j) * hd, hd, sp + j);
-      for (; j < pv.n; ++j) sp[j] = simd::dot(qh, pv.k + static_cast<size_t>(j) * hd, hd);
-      for (j = 0; j < pv.n; ++j) {
-        const float v = (pv.live[j] && pv.pos[j] <= qpos) ? sp[j] * scale : -INFINITY;
-        sp[j] = v;
-        mx = v > mx ? v : mx;
+    for (int pi = b0; pi < b0 + nb; ++pi) {
+      const int t = pi / H, h = pi % H, kvh = h / group;
+      const int32_t qpos = pos_ + t;
+      const float* qh = q + static_cast<size_t>(t) * H * hd + static_cast<size_t>(h) * hd;
+      const int row = observer_ ? pi - b0 : (nt > 1 ? omp_get_thread_num() : 0);
+      float* sc = scores_.data() + static_cast<size_t>(row) * max_slots;
+      const int n = kv_.n_slots(layer, kvh);
+      // Pass 1: scores of live, causal slots; -inf elsewhere.
+      const int n_pages = kv_.n_pages(layer, kvh);
+      float mx = -INFINITY;
+      for (int pg = 0; pg < n_pages; ++pg) {
+        const KVCache::PageView pv = kv_.page(layer, kvh, pg);
+        float* sp = sc + static_cast<size_t>(pg) * B;
+        int j = 0;
+        for (; j + 8 <= pv.n; j += 8) simd::dot_rows8(qh, pv.k + static_cast<size_t>(j) * hd, hd, sp + j);
+        for (; j < pv.n; ++j) sp[j] = simd::dot(qh, pv.k + static_cast<size_t>(j) * hd, hd);
+        for (j = 0; j < pv.n; ++j) {
+          const float v = (pv.live[j] && pv.pos[j] <= qpos) ? sp[j] * scale : -INFINITY;
+          sp[j] = v;
+          mx = v > mx ? v : mx;
+        }
       }
+      // Pass 2: softmax (an empty set of usable slots gives zero output and lse = -inf).
+      const double sum = mx == -INFINITY ? 0.0 : simd::exp_shift_sum(sc, n, mx);
+      const float inv = sum > 0 ? static_cast<float>(1.0 / sum) : 0.0f;
+      for (int s = 0; s < n; ++s) sc[s] = sum > 0 ? sc[s] * inv : 0.0f;
+      // Pass 3: probability-weighted V rows, page by page.
+      float* o = out + static_cast<size_t>(t) * H * hd + static_cast<size_t>(h) * hd;
+      std::fill(o, o + hd, 0.0f);
+      for (int pg = 0; pg < n_pages; ++pg) {
+        const KVCache::PageView pv = kv_.page(layer, kvh, pg);
+        simd::weighted_rows(sc + static_cast<size_t>(pg) * B, pv.v, pv.n, hd, o);
+      }
+      if (observer_) lse_[pi - b0] = sum > 0 ? mx + static_cast<float>(std::log(sum)) : -INFINITY;
     }
-    // Pass 2: softmax (an empty set of usable slots gives zero output and lse = -inf).
-    const double sum = mx == -INFINITY ? 0.0 : simd::exp_shift_sum(sc, n, mx);
-    const float inv = sum > 0 ? static_cast<float>(1.0 / sum) : 0.0f;
-    for (int s = 0; s < n; ++s) sc[s] = sum > 0 ? sc[s] * inv : 0.0f;
-    // Pass 3: probability-weighted V rows, page by page.
-    float* o = out + static_cast<size_t>(t) * H * hd + static_cast<size_t>(h) * hd;
-    std::fill(o, o + hd, 0.0f);
-    for (int pg = 0; pg < n_pages; ++pg) {
-      const KVCache::PageView pv = kv_.page(layer, kvh, pg);
-      simd::weighted_rows(sc + static_cast<size_t>(pg) * B, pv.v, pv.n, hd, o);
-    }
-    if (observer_) {
+    if (!observer_) continue;
+    for (int pi = b0; pi < b0 + nb; ++pi) {
+      const int t = pi / H, h = pi % H, kvh = h / group;
+      const int n = kv_.n_slots(layer, kvh);
       for (int s = 0; s < n; ++s) slot_pos_[s] = kv_.pos(layer, kvh, s);
       AttentionRecord r;
       r.layer = layer;
       r.q_head = h;
       r.kv_head = kvh;
-      r.query_pos = qpos;
-      r.probs = {sc, static_cast<size_t>(n)};
+      r.query_pos = pos_ + t;
+      r.probs = {scores_.data() + static_cast<size_t>(pi - b0) * max_slots, static_cast<size_t>(n)};
       r.slot_pos = {slot_pos_.data(), static_cast<size_t>(n)};
-      r.lse = sum > 0 ? mx + static_cast<float>(std::log(sum)) : -INFINITY;
-      r.q = qh;
+      r.lse = lse_[pi - b0];
+      r.q = q + static_cast<size_t>(t) * H * hd + static_cast<size_t>(h) * hd;
       r.k = k_new + static_cast<size_t>(t) * c_.kv_dim() + static_cast<size_t>(kvh) * hd;
       r.v = v_new + static_cast<size_t>(t) * c_.kv_dim() + static_cast<size_t>(kvh) * hd;
       observer_->on_attention(r);

@@ -74,6 +74,7 @@ class Runtime {
   // Activations, resized to the batch of the current call.
   std::vector<float> x_, xb_, q_, k_, v_, att_out_, gate_, up_, logits_, scores_;
   std::vector<int32_t> slot_pos_;
+  std::vector<float> lse_;
 };
 
 // Greedy when temperature == 0; otherwise softmax(logits / T) restricted to the top-p

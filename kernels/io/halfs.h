@@ -1,7 +1,12 @@
 #pragma once
 // IEEE fp16 and bfloat16 <-> fp32, exact for every input (NaN payloads kept quiet).
 #include <bit>
+#include <cstddef>
 #include <cstdint>
+
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace kvscope {
 
@@ -49,6 +54,26 @@ inline uint16_t f32_to_f16(float f) {
   const uint32_t rest = mant & 0x1fffu;
   if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
   return static_cast<uint16_t>(sign | h);
+}
+
+// Bulk conversions (F16C when the build has it; bit-identical to the scalar versions).
+inline void floats_to_halves(const float* src, uint16_t* dst, size_t n) {
+  size_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+}
+
+inline void halves_to_floats(const uint16_t* src, float* dst, size_t n) {
+  size_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
 }
 
 }  // namespace kvscope
