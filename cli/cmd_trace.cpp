@@ -102,12 +102,12 @@ void add_trace_commands(CLI::App& app) {
     c->add_option("--max-new-tokens,-n", max_new, "Tokens to generate (steps = prefill + n-1 decodes), capped by the context")
         ->check(CLI::Range(1, 1 << 20));
     auto* o_topk = c->add_option("--topk", topk, "Store the top-k keys of each attention row (with residual mass and log-sum-exp)")
-                       ->check(CLI::PositiveNumber);
+                       ->check(CLI::Range(1, 1 << 24));
     auto* o_dense = c->add_flag("--dense", dense, "Store every probability in fp16 (the default)");
     o_topk->excludes(o_dense);
     c->add_flag("--with-qkv", with_qkv, "Also store Q (stored rows) and K/V (every token) in fp16");
     c->add_option("--prefill-window", cs.prefill_window, "Prefill: last w query rows stored in full (default 32)")
-        ->check(CLI::NonNegativeNumber);
+        ->check(CLI::Range(0, 1 << 24));
     c->add_option("--steps-per-chunk", cs.steps_per_chunk, "Steps per compressed chunk (default 16)")->check(CLI::Range(1, 1 << 16));
     c->add_option("--zstd-level", cs.zstd_level, "zstd level (default 3; the committed traces use 19)")->check(CLI::Range(1, 22));
     c->add_option("--temperature", temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));

@@ -227,6 +227,12 @@ void TraceReader::read_frame(uint32_t ci, uint32_t layer, LayerFrame& f) const {
   if (ci >= chunks_.size()) throw Error(path() + ": chunk " + std::to_string(ci) + " does not exist");
   if (layer >= info_.n_layers) throw Error(path() + ": layer " + std::to_string(layer) + " does not exist");
   const ChunkInfo& c = chunks_[ci];
+  // Until the frame is fully parsed it holds nothing: a failed read never leaves views
+  // pointing into a half-decoded buffer.
+  f.steps.clear();
+  f.rows.clear();
+  f.chunk = UINT32_MAX;
+  f.layer = UINT32_MAX;
   uint64_t foff = c.frames_offset;
   for (uint32_t i = 0; i < layer; ++i) foff += c.frames[i].compressed_size;
   const FrameEntry& e = c.frames[layer];
@@ -241,8 +247,6 @@ void TraceReader::read_frame(uint32_t ci, uint32_t layer, LayerFrame& f) const {
   const size_t got = ZSTD_decompress(f.raw.data(), f.raw.size(), src, e.compressed_size);
   if (ZSTD_isError(got) || got != e.raw_size)
     fail_at(path(), foff, where + "zstd: " + (ZSTD_isError(got) ? ZSTD_getErrorName(got) : "short frame"));
-  f.chunk = ci;
-  f.layer = layer;
 
   // Sections.
   auto bad = [&](const std::string& w) { fail_at(path(), foff, where + w); };
@@ -341,12 +345,14 @@ void TraceReader::read_frame(uint32_t ci, uint32_t layer, LayerFrame& f) const {
   }
   if (mo != meta_bytes || ho != n_half || io != n_index) bad("unused bytes after the last step record");
   for (size_t s = 0; s < f.steps.size(); ++s) f.steps[s].rows = f.rows.data() + row_start[s];
+  f.chunk = ci;
+  f.layer = layer;
 }
 
 const StepLayerView& TraceReader::step_layer(uint32_t step, uint32_t layer, LayerFrame& frame) const {
   const int ci = chunk_of_step(step);
   if (ci < 0) throw Error(path() + ": step " + std::to_string(step) + " is not in the trace (" + std::to_string(n_steps_) + " steps)");
-  if (frame.steps.empty() || frame.chunk != static_cast<uint32_t>(ci) || frame.layer != layer) read_frame(ci, layer, frame);
+  if (frame.chunk != static_cast<uint32_t>(ci) || frame.layer != layer) read_frame(ci, layer, frame);
   return frame.steps[step - chunks_[ci].first_step];
 }
 

@@ -57,7 +57,7 @@ struct LayerFrame {
   std::vector<uint32_t> index;
   std::vector<RowView> rows;
   std::vector<StepLayerView> steps;
-  uint32_t chunk = 0, layer = 0;
+  uint32_t chunk = UINT32_MAX, layer = UINT32_MAX;  // what it holds (UINT32_MAX: nothing)
 };
 
 struct ChunkInfo {

@@ -62,7 +62,8 @@ TraceWriter::TraceWriter(const std::string& path, const json& header, const Mode
     : path_(path), cfg_(cfg), s_(s) {
   if (s_.steps_per_chunk <= 0) throw Error("trace: steps_per_chunk must be positive");
   if (s_.mode == Mode::TopK && s_.topk <= 0) throw Error("trace: --topk must be positive");
-  if (s_.prefill_window < 0) throw Error("trace: prefill_window must be >= 0");
+  if (s_.prefill_window < 0 || s_.prefill_window > (1 << 24)) throw Error("trace: prefill_window must be in 0..2^24");
+  if (s_.topk > (1 << 24)) throw Error("trace: topk must be at most 2^24");
   fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) fail(path, std::string("cannot create: ") + std::strerror(errno));
   const std::string text = header.dump(-1, ' ', false, json::error_handler_t::replace);
