@@ -231,9 +231,9 @@ void add_trace_commands(CLI::App& app) {
         std::cout << j.dump(1, ' ', false, json::error_handler_t::replace) << "\n";
       } else {
         std::printf("trace        %s%s\n", path.c_str(), in.synthetic ? "  (SYNTHETIC)" : "");
-        std::printf("model        %s (%s): %u layers, %u query / %u KV heads, head_dim %u\n",
-                    h["model"].value("name", "?").c_str(), h["model"].value("format", "?").c_str(), in.n_layers, in.n_heads,
-                    in.n_kv_heads, in.head_dim);
+        auto str = [](const json& o, const char* k) { return o.contains(k) && o[k].is_string() ? o[k].get<std::string>() : "?"; };
+        std::printf("model        %s (%s): %u layers, %u query / %u KV heads, head_dim %u\n", str(h["model"], "name").c_str(),
+                    str(h["model"], "format").c_str(), in.n_layers, in.n_heads, in.n_kv_heads, in.head_dim);
         std::printf("capture      %s%s%s, prefill window %u\n", in.mode == trace::Mode::Dense ? "dense fp16" : "top-k",
                     in.mode == trace::Mode::TopK ? (" k=" + std::to_string(in.topk)).c_str() : "",
                     in.with_qkv ? ", with Q/K/V" : "", in.prefill_window);

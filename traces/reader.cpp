@@ -24,12 +24,18 @@ T get(const uint8_t* p) {
   return v;
 }
 
+// Header keys are checked where they are used; errors point at the header JSON.
 uint32_t json_u32(const json& j, const std::string& file, const char* obj, const char* key) {
   if (!j.contains(obj) || !j[obj].is_object() || !j[obj].contains(key) || !j[obj][key].is_number_unsigned())
-    fail(file, std::string("header: ") + obj + "." + key + ": missing or not a non-negative integer");
+    fail_at(file, kFileHeaderBytes, std::string("header: ") + obj + "." + key + ": missing or not a non-negative integer");
   const uint64_t v = j[obj][key].get<uint64_t>();
-  if (v > (1u << 24)) fail(file, std::string("header: ") + obj + "." + key + ": value out of range");
+  if (v > (1u << 24)) fail_at(file, kFileHeaderBytes, std::string("header: ") + obj + "." + key + ": value out of range");
   return static_cast<uint32_t>(v);
+}
+
+std::string json_str(const json& j, const std::string& file, const char* key) {
+  if (!j.contains(key) || !j[key].is_string()) fail_at(file, kFileHeaderBytes, std::string("header: ") + key + ": missing or not a string");
+  return j[key].get<std::string>();
 }
 
 }  // namespace
@@ -52,7 +58,8 @@ TraceReader::TraceReader(const std::string& path) : file_(path) {
   } catch (const json::parse_error& e) {
     fail_at(path, kFileHeaderBytes + e.byte, std::string("header JSON does not parse: ") + e.what());
   }
-  if (!header_.is_object() || header_.value("format", "") != "kvscope-trace")
+  if (!header_.is_object()) fail_at(path, kFileHeaderBytes, "header: expected a JSON object");
+  if (json_str(header_, path, "format") != "kvscope-trace")
     fail_at(path, kFileHeaderBytes, "header: format: expected \"kvscope-trace\"");
   if (!header_.contains("version") || header_["version"] != kVersion)
     fail_at(path, kFileHeaderBytes, "header: version: does not match the file header's version");
@@ -62,21 +69,26 @@ TraceReader::TraceReader(const std::string& path) : file_(path) {
   info_.head_dim = json_u32(header_, path, "model", "head_dim");
   if (info_.n_layers == 0 || info_.n_heads == 0 || info_.n_kv_heads == 0 || info_.n_heads % info_.n_kv_heads != 0 ||
       info_.head_dim == 0)
-    fail(path, "header: model: inconsistent layer/head counts");
+    fail_at(path, kFileHeaderBytes, "header: model: inconsistent layer/head counts");
   info_.group = info_.n_heads / info_.n_kv_heads;
-  const json& cap = header_.contains("capture") ? header_["capture"] : json();
-  if (!cap.is_object()) fail(path, "header: capture: missing");
-  const std::string mode = cap.value("mode", "");
+  if (!header_.contains("capture") || !header_["capture"].is_object()) fail_at(path, kFileHeaderBytes, "header: capture: missing");
+  const json& cap = header_["capture"];
+  if (!cap.contains("mode") || !cap["mode"].is_string()) fail_at(path, kFileHeaderBytes, "header: capture.mode: missing or not a string");
+  const std::string mode = cap["mode"].get<std::string>();
   if (mode == "dense") info_.mode = Mode::Dense;
   else if (mode == "topk") info_.mode = Mode::TopK;
-  else fail(path, "header: capture.mode: '" + mode + "' is not dense or topk");
+  else fail_at(path, kFileHeaderBytes, "header: capture.mode: '" + mode + "' is not dense or topk");
   info_.topk = json_u32(header_, path, "capture", "topk");
   info_.prefill_window = json_u32(header_, path, "capture", "prefill_window");
-  if (!cap.contains("with_qkv") || !cap["with_qkv"].is_boolean()) fail(path, "header: capture.with_qkv: missing or not a boolean");
+  if (!cap.contains("with_qkv") || !cap["with_qkv"].is_boolean())
+    fail_at(path, kFileHeaderBytes, "header: capture.with_qkv: missing or not a boolean");
   info_.with_qkv = cap["with_qkv"].get<bool>();
-  if (!header_.contains("prompt_ids") || !header_["prompt_ids"].is_array()) fail(path, "header: prompt_ids: missing");
+  if (!header_.contains("prompt_ids") || !header_["prompt_ids"].is_array())
+    fail_at(path, kFileHeaderBytes, "header: prompt_ids: missing or not an array");
   info_.prompt_len = static_cast<uint32_t>(header_["prompt_ids"].size());
-  info_.synthetic = header_.value("synthetic", false);
+  if (header_.contains("synthetic") && !header_["synthetic"].is_boolean())
+    fail_at(path, kFileHeaderBytes, "header: synthetic: not a boolean");
+  info_.synthetic = header_.contains("synthetic") && header_["synthetic"].get<bool>();
 
   const uint64_t data_start = kFileHeaderBytes + json_len;
   if (!load_index(data_start)) scan_chunks(data_start);
