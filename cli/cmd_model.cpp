@@ -181,6 +181,8 @@ void add_model_commands(CLI::App& app) {
           in = json::parse(read_text_file(input_json));
         } catch (const json::parse_error& e) {
           fail_at(input_json, e.byte, std::string("invalid JSON: ") + e.what());
+        } catch (const json::exception& e) {
+          fail_at(input_json, 0, std::string("invalid JSON: ") + e.what());
         }
         if (!in.is_array()) fail(input_json, "expected a JSON array of strings");
         json out = json::array();

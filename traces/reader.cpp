@@ -57,6 +57,8 @@ TraceReader::TraceReader(const std::string& path) : file_(path) {
     header_ = json::parse(b + kFileHeaderBytes, b + kFileHeaderBytes + json_len);
   } catch (const json::parse_error& e) {
     fail_at(path, kFileHeaderBytes + e.byte, std::string("header JSON does not parse: ") + e.what());
+  } catch (const json::exception& e) {  // e.g. a number out of range
+    fail_at(path, kFileHeaderBytes, std::string("header JSON does not parse: ") + e.what());
   }
   if (!header_.is_object()) fail_at(path, kFileHeaderBytes, "header: expected a JSON object");
   if (json_str(header_, path, "format") != "kvscope-trace")

@@ -117,7 +117,7 @@ void TraceWriter::begin_step(uint32_t step, StepKind kind, uint32_t n_queries, u
   n_rows_ = kind == StepKind::Prefill ? std::min<uint32_t>(s_.prefill_window, n_queries) : 1;
   first_row_pos_ = first_pos + n_queries - n_rows_;
   for (auto& sl : cur_) {
-    if (kind == StepKind::Prefill) sl.colsum.assign(static_cast<size_t>(cfg_.n_heads) * n_queries, 0.0f);
+    if (kind == StepKind::Prefill) sl.colsum.assign(static_cast<size_t>(cfg_.n_heads) * n_queries, 0.0);
     else sl.colsum.clear();
   }
 }
@@ -140,7 +140,7 @@ void TraceWriter::on_attention(const cpu::AttentionRecord& r) {
                   std::to_string(r.slot_pos[j]) + ")");
   const float* p = r.probs.data();
   if (kind_ == StepKind::Prefill) {
-    float* cs = sl.colsum.data() + static_cast<size_t>(r.q_head) * n_queries_;
+    double* cs = sl.colsum.data() + static_cast<size_t>(r.q_head) * n_queries_;
     for (uint32_t j = 0; j < n; ++j) cs[j] += p[j];
   }
   if (q >= first_row_pos_) {
@@ -192,9 +192,7 @@ void TraceWriter::end_step() {
     put<uint32_t>(lb.meta, n_rows_);
     put<uint32_t>(lb.meta, static_cast<uint32_t>(token_));
     if (kind_ == StepKind::Prefill) {
-      const size_t b = lb.meta.size();
-      lb.meta.resize(b + sl.colsum.size() * sizeof(float));
-      std::memcpy(lb.meta.data() + b, sl.colsum.data(), sl.colsum.size() * sizeof(float));
+      for (double x : sl.colsum) put<float>(lb.meta, static_cast<float>(x));
     }
     const size_t expect_rows_meta = static_cast<size_t>(n_rows_) * cfg_.n_heads * (s_.mode == Mode::Dense ? 4 : 12);
     if (sl.rows_meta.size() != expect_rows_meta)

@@ -57,7 +57,7 @@ class TraceWriter : public cpu::AttentionObserver {
     std::vector<uint32_t> index;
   };
   struct StepLayer {  // one layer's data of the current step, assembled at end_step
-    std::vector<float> colsum;  // prefill: [H][P]
+    std::vector<double> colsum;  // prefill: [H][P], accumulated in double, stored as f32
     std::vector<uint8_t> rows_meta;
     std::vector<uint16_t> rows_halves, q, k, v;
     std::vector<uint32_t> rows_index;

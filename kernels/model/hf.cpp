@@ -30,6 +30,8 @@ json parse_json_file(const std::string& path) {
     return json::parse(text);
   } catch (const json::parse_error& e) {
     fail_at(path, e.byte, std::string("invalid JSON: ") + e.what());
+  } catch (const json::exception& e) {  // e.g. a number out of range
+    fail_at(path, 0, std::string("invalid JSON: ") + e.what());
   }
 }
 

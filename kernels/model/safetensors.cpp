@@ -35,6 +35,8 @@ Header parse_header(std::span<const uint8_t> bytes, const std::string& path) {
     j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     fail_at(path, 8 + e.byte, std::string("header is not valid JSON: ") + e.what());
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number out of range
+    fail_at(path, 8, std::string("header is not valid JSON: ") + e.what());
   }
   if (!j.is_object()) fail_at(path, 8, "header: expected a JSON object");
   Header h;

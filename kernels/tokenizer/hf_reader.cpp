@@ -67,6 +67,8 @@ json parse_json(const std::string& path) {
     return json::parse(text);
   } catch (const json::parse_error& e) {
     fail_at(path, e.byte, "invalid JSON: " + std::string(e.what()));
+  } catch (const json::exception& e) {  // e.g. a number out of range
+    fail_at(path, 0, "invalid JSON: " + std::string(e.what()));
   }
 }
 

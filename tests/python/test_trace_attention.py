@@ -15,7 +15,10 @@ stores fp16, so the bounds below are "fp16 storage rounding + float32 noise":
       And the "rounded once, from the float32 value" claim: round(p_ref) to fp16 and
       compare bit patterns with the trace: equal or 1 ulp apart (a float32 value within
       1e-6 relative of p_ref can only land on the neighbouring fp16 value).
-  (b) prefill column sums (float32, over all P prompt queries) vs the reference: rel 1e-5.
+  (b) prefill column sums (accumulated in double, stored float32, over all P prompt queries)
+      vs the reference: rel 3e-5. The float32 attention scores reach |s| ~ 25 here, and
+      their ~1e-6 relative rounding (no fused multiply-add: -ffp-contract=off) becomes a
+      ~1e-5 relative error in exp(s) for the least-attended keys; measured 1.2e-5.
   (c) top-k rows: k' = min(k, qpos + 1) keys; the kept keys are the k' largest reference
       probabilities (a swap is allowed only between values within 1e-6 of each other);
       residual + sum(kept reference probabilities) = 1 within 1e-6 (the residual is
@@ -54,6 +57,7 @@ SRC = R.source_dir()
 sys.path.insert(0, str(SRC / "traces"))
 import kvtrace  # noqa: E402
 
+COLSUM_REL = 3e-5
 U11 = 2.0 ** -11  # fp16 relative rounding bound (normals)
 LOG_U = U11 / (1 - U11)  # |log(1 + e)| for |e| <= 2^-11
 F16_MIN_NORMAL = 2.0 ** -14
@@ -216,7 +220,7 @@ def check_trace(name: str, path: Path, m: "R.Model") -> None:
                 rel = np.abs(sl.colsum.astype(np.float64) - cs_ref) / cs_ref
                 st.max("colsum: max rel err", rel.max())
                 st.add("colsum: values", rel.size)
-                check(rel.max() <= 1e-5, f"{name}: layer {l}: colsum rel err {rel.max():.3g} > 1e-5")
+                check(rel.max() <= COLSUM_REL, f"{name}: layer {l}: colsum rel err {rel.max():.3g} > {COLSUM_REL}")
             if info.with_qkv:  # (e) K/V of the step's tokens
                 pos = np.arange(sl.first_pos, sl.first_pos + sl.n_queries)
                 kv_seen[l, pos] += 1
