@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/cpu/parallel.h"
 #include "kernels/cpu/simd.h"
 
 namespace kvscope::cpu {
@@ -51,8 +52,7 @@ void matmul(const float* W, const float* X, float* Y, int T, int in, int out, in
   const int blocks = (out + 3) / 4;
   // Parallel over blocks of 4 output rows; each block sweeps all T inputs, two at a
   // time, while its rows are hot in L1.
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (int b = 0; b < blocks; ++b) {
+  parallel_for(blocks, nt, [&](int b) {
     const int o = b * 4;
     const float* w = W + static_cast<int64_t>(o) * in;
     if (o + 4 <= out) {
@@ -66,7 +66,7 @@ void matmul(const float* W, const float* X, float* Y, int T, int in, int out, in
         for (int t = 0; t < T; ++t)
           Y[static_cast<int64_t>(t) * out + oo] = dot(W + static_cast<int64_t>(oo) * in, X + static_cast<int64_t>(t) * in, in);
     }
-  }
+  });
 }
 
 void rmsnorm(const float* x, const float* w, float* y, int n, float eps) {

@@ -1,13 +1,12 @@
 #include "kernels/cpu/runtime.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <thread>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/io/error.h"
 
@@ -82,12 +81,12 @@ void Runtime::attention(int layer, int T, const float* q, float* out, const floa
     const int nt = (threads_ > 1 && static_cast<int64_t>(nb) * slots * hd >= (1 << 15)) ? std::min(threads_, nb) : 1;
     scores_.resize(static_cast<size_t>(observer_ ? nb : nt) * max_slots);
 
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int pi = b0; pi < b0 + nb; ++pi) {
+    parallel_for(nb, nt, [&](int i) {
+      const int pi = b0 + i;
       const int t = pi / H, h = pi % H, kvh = h / group;
       const int32_t qpos = pos_ + t;
       const float* qh = q + static_cast<size_t>(t) * H * hd + static_cast<size_t>(h) * hd;
-      const int row = observer_ ? pi - b0 : (nt > 1 ? omp_get_thread_num() : 0);
+      const int row = observer_ ? i : thread_index();
       float* sc = scores_.data() + static_cast<size_t>(row) * max_slots;
       const int n = kv_.n_slots(layer, kvh);
       // Pass 1: scores of live, causal slots; -inf elsewhere.
@@ -108,16 +107,19 @@ void Runtime::attention(int layer, int T, const float* q, float* out, const floa
       // Pass 2: softmax (an empty set of usable slots gives zero output and lse = -inf).
       const double sum = mx == -INFINITY ? 0.0 : simd::exp_shift_sum(sc, n, mx);
       const float inv = sum > 0 ? static_cast<float>(1.0 / sum) : 0.0f;
-      for (int s = 0; s < n; ++s) sc[s] = sum > 0 ? sc[s] * inv : 0.0f;
-      // Pass 3: probability-weighted V rows, page by page.
+      // Pass 3: weights-weighted V rows, page by page, then one scale by 1/sum. An
+      // observer gets normalised probabilities.
       float* o = out + static_cast<size_t>(t) * H * hd + static_cast<size_t>(h) * hd;
       std::fill(o, o + hd, 0.0f);
       for (int pg = 0; pg < n_pages; ++pg) {
         const KVCache::PageView pv = kv_.page(layer, kvh, pg);
         simd::weighted_rows(sc + static_cast<size_t>(pg) * B, pv.v, pv.n, hd, o);
       }
-      if (observer_) lse_[pi - b0] = sum > 0 ? mx + static_cast<float>(std::log(sum)) : -INFINITY;
-    }
+      for (int d = 0; d < hd; ++d) o[d] *= inv;
+      if (observer_)
+        for (int s = 0; s < n; ++s) sc[s] *= inv;
+      if (observer_) lse_[i] = sum > 0 ? mx + static_cast<float>(std::log(sum)) : -INFINITY;
+    });
     if (!observer_) continue;
     for (int pi = b0; pi < b0 + nb; ++pi) {
       const int t = pi / H, h = pi % H, kvh = h / group;
