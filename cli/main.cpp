@@ -1,5 +1,8 @@
 // kvscope: KV-cache management studies on real attention traces.
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 
 #include <CLI/CLI.hpp>
@@ -9,6 +12,14 @@
 #include "kvscope_version.h"
 
 int main(int argc, char** argv) {
+  // OpenMP reads its wait policy when the library loads, before main. Busy-waiting worker
+  // threads collapse throughput whenever another process shares the cores (measured on
+  // 2 cores: SmolLM2 decode from ~30 to ~2 tok/s), so kvscope re-executes itself once with
+  // the passive policy unless the user chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT).
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
+    ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default
+  }
   CLI::App app{"kvscope — trace real attention, replay KV-cache policies, explore hardware"};
   app.set_version_flag("--version", std::string("kvscope ") + KVSCOPE_VERSION);
   app.require_subcommand(1);
