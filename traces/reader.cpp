@@ -49,6 +49,8 @@ TraceReader::TraceReader(const std::string& path) : file_(path) {
   if (version != kVersion)
     fail_at(path, 8, "unsupported trace version " + std::to_string(version) + " (this build reads version " +
                          std::to_string(kVersion) + ")");
+  if (get<uint32_t>(b + 12) != 0)
+    fail_at(path, 12, "unknown header flags " + std::to_string(get<uint32_t>(b + 12)) + " (written by a newer kvscope?)");
   const uint64_t json_len = get<uint64_t>(b + 16);
   if (json_len > size - kFileHeaderBytes) fail_at(path, 16, "header JSON length " + std::to_string(json_len) + " exceeds the file");
   const uint32_t json_crc = get<uint32_t>(b + 24);
@@ -254,8 +256,10 @@ void TraceReader::read_frame(uint32_t ci, uint32_t layer, LayerFrame& f) const {
   const std::string where = "chunk " + std::to_string(ci) + ", layer " + std::to_string(layer) + ": ";
   if (crc32c(src, e.compressed_size) != e.crc) fail_at(path(), foff, where + "frame checksum mismatch");
   const unsigned long long content = ZSTD_getFrameContentSize(src, e.compressed_size);
+  // A zstd block expands at most 128 KiB per 4 compressed bytes (an RLE block): a larger
+  // declared size is damage, and must not be allocated blindly.
   if (content == ZSTD_CONTENTSIZE_ERROR || content == ZSTD_CONTENTSIZE_UNKNOWN || content != e.raw_size ||
-      e.raw_size > (1ull << 34))
+      e.raw_size > 32768ull * e.compressed_size + (128u << 10))
     fail_at(path(), foff, where + "frame size disagrees with the frame table");
   f.raw.resize(e.raw_size);
   const size_t got = ZSTD_decompress(f.raw.data(), f.raw.size(), src, e.compressed_size);

@@ -130,10 +130,14 @@ static void append_halves(std::vector<uint16_t>& out, const float* src, size_t n
 
 void TraceWriter::on_attention(const cpu::AttentionRecord& r) {
   if (!in_step_) throw Error("trace: attention reported outside a step");
-  StepLayer& sl = cur_.at(r.layer);
+  if (r.layer < 0 || r.layer >= cfg_.n_layers || r.q_head < 0 || r.q_head >= cfg_.n_heads)
+    throw Error("trace: attention record for layer " + std::to_string(r.layer) + ", head " + std::to_string(r.q_head) +
+                " outside the model");
+  StepLayer& sl = cur_[r.layer];
   const uint32_t q = static_cast<uint32_t>(r.query_pos);
   const uint32_t n = q + 1;  // keys 0..q
-  if (r.probs.size() < n) throw Error("trace: capture needs the full KV cache (fewer slots than positions)");
+  if (r.probs.size() < n || r.slot_pos.size() < n)
+    throw Error("trace: capture needs the full KV cache (fewer slots than positions)");
   for (uint32_t j = 0; j < n; ++j)
     if (r.slot_pos[j] != static_cast<int32_t>(j))
       throw Error("trace: capture needs the full KV cache (slot " + std::to_string(j) + " holds position " +
