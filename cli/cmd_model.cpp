@@ -61,25 +61,10 @@ std::vector<int32_t> parse_ids(const std::string& s) {
 }
 
 json model_json(const Model& m) {
-  const ModelConfig& c = m.config;
-  return {{"path", m.path},
-          {"format", c.format},
-          {"name", c.name},
-          {"arch", c.arch},
-          {"dim", c.dim},
-          {"hidden_dim", c.hidden_dim},
-          {"n_layers", c.n_layers},
-          {"n_heads", c.n_heads},
-          {"n_kv_heads", c.n_kv_heads},
-          {"head_dim", c.head_dim},
-          {"vocab_size", c.vocab_size},
-          {"max_seq_len", c.max_seq_len},
-          {"rope_theta", c.rope_theta},
-          {"rope_layout", c.rope == RopeLayout::Interleaved ? "interleaved" : "halves"},
-          {"norm_eps", c.norm_eps},
-          {"tied_embeddings", c.tied_embeddings},
-          {"weight_dtype", c.weight_dtype},
-          {"tokenizer", m.tokenizer.identity()}};
+  json j = config_json(m.config);
+  j["path"] = m.path;
+  j["tokenizer"] = m.tokenizer.identity();
+  return j;
 }
 
 }  // namespace

@@ -39,6 +39,25 @@ void ModelConfig::validate(const std::string& src) const {
   at_most("max_seq_len", max_seq_len, 1 << 24);
 }
 
+nlohmann::json config_json(const ModelConfig& c) {
+  return {{"name", c.name},
+          {"format", c.format},
+          {"arch", c.arch},
+          {"dim", c.dim},
+          {"hidden_dim", c.hidden_dim},
+          {"n_layers", c.n_layers},
+          {"n_heads", c.n_heads},
+          {"n_kv_heads", c.n_kv_heads},
+          {"head_dim", c.head_dim},
+          {"vocab_size", c.vocab_size},
+          {"max_seq_len", c.max_seq_len},
+          {"rope_theta", c.rope_theta},
+          {"rope_layout", c.rope == RopeLayout::Interleaved ? "interleaved" : "halves"},
+          {"norm_eps", c.norm_eps},
+          {"tied_embeddings", c.tied_embeddings},
+          {"weight_dtype", c.weight_dtype}};
+}
+
 void check_numel(const std::string& file, const std::string& name, uint64_t got, uint64_t want) {
   if (got != want)
     fail(file, "tensor '" + name + "': has " + std::to_string(got) + " elements, expected " + std::to_string(want));

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "kernels/tokenizer/tokenizer.h"
 
 namespace kvscope {
@@ -83,6 +85,9 @@ Tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_p
 Model load_llama2c(const std::string& path, const std::string& tokenizer_path);
 Model load_hf(const std::string& dir);
 Model load_gguf(const std::string& path);
+
+// The architecture as JSON (model-info, trace headers): name, format, dimensions, RoPE.
+nlohmann::json config_json(const ModelConfig& c);
 
 // Checks a loaded tensor's element count; throws "<file>: tensor '<name>': ..." on mismatch.
 void check_numel(const std::string& file, const std::string& name, uint64_t got, uint64_t want);
