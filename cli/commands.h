@@ -6,5 +6,6 @@ namespace kvscope::cli {
 
 void add_model_commands(CLI::App& app);  // generate, tokenize, logits, model-info
 void add_trace_commands(CLI::App& app);  // trace, trace-info, trace-dump
+void add_sim_commands(CLI::App& app);    // sim, policies
 
 }  // namespace kvscope::cli

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   kvscope::cli::add_model_commands(app);
   kvscope::cli::add_trace_commands(app);
+  kvscope::cli::add_sim_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,47 @@
+#include "policies/policy.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/io/error.h"
+
+namespace kvscope::policy {
+
+nlohmann::json validate_params(const std::vector<ParamSpec>& specs, const nlohmann::json& params, const std::string& where) {
+  if (!params.is_null() && !params.is_object()) throw Error(where + ": expected an object of parameters");
+  nlohmann::json out = nlohmann::json::object();
+  if (params.is_object())
+    for (auto& [k, v] : params.items()) {
+      auto it = std::find_if(specs.begin(), specs.end(), [&](const ParamSpec& s) { return s.name == k; });
+      if (it == specs.end()) {
+        std::string known;
+        for (auto& s : specs) known += (known.empty() ? "" : ", ") + s.name;
+        throw Error(where + "." + k + ": unknown parameter (known: " + (known.empty() ? "none" : known) + ")");
+      }
+      if (!v.is_number()) throw Error(where + "." + k + ": expected a number");
+      const double x = v.get<double>();
+      if (it->integer && (x != std::floor(x))) throw Error(where + "." + k + ": expected an integer");
+      if (!(x >= it->min && x <= it->max))
+        throw Error(where + "." + k + ": " + v.dump() + " outside [" + nlohmann::json(it->min).dump() + ", " +
+                    nlohmann::json(it->max).dump() + "]");
+      out[k] = x;
+    }
+  for (auto& s : specs)
+    if (!out.contains(s.name)) out[s.name] = s.dflt;
+  return out;
+}
+
+void lowest_k(const float* score, const uint8_t* resident, uint32_t n, uint32_t k, const uint8_t* protect,
+              std::vector<uint32_t>& out, std::vector<uint32_t>& scratch) {
+  scratch.clear();
+  for (uint32_t j = 0; j < n; ++j)
+    if (resident[j] && !(protect && protect[j])) scratch.push_back(j);
+  if (k > scratch.size()) throw Error("policy: asked for " + std::to_string(k) + " victims among " +
+                                      std::to_string(scratch.size()) + " evictable entries");
+  auto less = [&](uint32_t a, uint32_t b) { return score[a] < score[b] || (score[a] == score[b] && a < b); };
+  if (k < scratch.size()) std::nth_element(scratch.begin(), scratch.begin() + k, scratch.end(), less);
+  std::sort(scratch.begin(), scratch.begin() + k);
+  out.insert(out.end(), scratch.begin(), scratch.begin() + k);
+}
+
+}  // namespace kvscope::policy

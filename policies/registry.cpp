@@ -1,0 +1,31 @@
+// Every policy, registered by name: one line each. tests/cpp/sim_test.cpp checks that
+// every policies/*.cpp file that defines a policy appears here.
+#include "policies/registry.h"
+
+#include "kernels/io/error.h"
+#include "policies/builtin.h"
+
+namespace kvscope::policy {
+
+const std::vector<PolicyInfo>& registry() {
+  static const std::vector<PolicyInfo> all = [] {
+    std::vector<PolicyInfo> v;
+    v.push_back(full_info());
+    v.push_back(window_info());
+    v.push_back(streamingllm_info());
+    v.push_back(h2o_info());
+    v.push_back(tova_info());
+    return v;
+  }();
+  return all;
+}
+
+const PolicyInfo& find(const std::string& name) {
+  for (const auto& p : registry())
+    if (p.name == name) return p;
+  std::string known;
+  for (const auto& p : registry()) known += (known.empty() ? "" : ", ") + p.name;
+  throw Error("unknown policy '" + name + "' (known: " + known + ")");
+}
+
+}  // namespace kvscope::policy

@@ -1,0 +1,41 @@
+#pragma once
+// Token-level replay of one policy on a trace (docs/policies.md). First increment of the
+// replay simulator: eviction at token granularity, one budget per stream (layer, KV head),
+// GQA aggregation, retained attention mass with the oracle-topk bound beside it.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "traces/reader.h"
+
+namespace kvscope::sim {
+
+enum class Aggregation { Sum, Max, Mean };
+
+struct ReplayConfig {
+  std::string policy;
+  nlohmann::json params = nlohmann::json::object();
+  uint32_t budget = 0;  // resident entries per (layer, KV head); ignored by "full"
+  Aggregation agg = Aggregation::Sum;
+};
+
+struct ReplayResult {
+  std::string policy;
+  nlohmann::json params;
+  uint32_t budget = 0;
+  uint32_t steps = 0, context = 0;
+  double retained_mass = 0;     // mean over decode steps x layers x query heads
+  double oracle_topk_mass = 0;  // the same for the B entries with the most attention (upper bound)
+  std::vector<double> retained_per_layer, oracle_per_layer;
+  uint64_t evictions = 0;
+  uint64_t rows = 0;
+  nlohmann::json to_json() const;
+};
+
+// Throws Error (unknown policy, bad parameter, budget of 0 or larger than the context)
+// before the replay starts.
+ReplayResult replay(const trace::TraceReader& trace, const ReplayConfig& cfg);
+
+}  // namespace kvscope::sim
