@@ -9,5 +9,7 @@ PolicyInfo window_info();
 PolicyInfo streamingllm_info();
 PolicyInfo h2o_info();
 PolicyInfo tova_info();
+PolicyInfo random_info();
+PolicyInfo a2sf_info();
 
 }  // namespace kvscope::policy

@@ -15,6 +15,8 @@ const std::vector<PolicyInfo>& registry() {
     v.push_back(streamingllm_info());
     v.push_back(h2o_info());
     v.push_back(tova_info());
+    v.push_back(random_info());
+    v.push_back(a2sf_info());
     return v;
   }();
   return all;

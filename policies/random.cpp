@@ -1,0 +1,41 @@
+// random: evicts uniformly random resident entries (seeded; the same seed gives the same
+// replay). The floor any informed policy should clear.
+#include <random>
+
+#include "policies/builtin.h"
+
+namespace kvscope::policy {
+
+namespace {
+class Random final : public Policy {
+ public:
+  explicit Random(uint64_t seed) : seed_(seed), rng_(seed) {}
+  void reset(const Shape&) override { rng_.seed(seed_); }
+  void observe(const StreamView&) override {}
+  void victims(const StreamView& v, uint32_t k, Plan& plan) override {
+    cand_.clear();
+    for (uint32_t j = 0; j < v.n; ++j)
+      if (v.resident[j]) cand_.push_back(j);
+    // Partial Fisher-Yates with our own bounded draw (portable: no std distribution).
+    for (uint32_t i = 0; i < k; ++i) {
+      const uint64_t span = cand_.size() - i;
+      const uint64_t r = i + static_cast<uint64_t>((static_cast<unsigned __int128>(rng_()) * span) >> 64);
+      std::swap(cand_[i], cand_[r]);
+      plan.evict.push_back(cand_[i]);
+    }
+  }
+
+ private:
+  uint64_t seed_;
+  std::mt19937_64 rng_;
+  std::vector<uint32_t> cand_;
+};
+}  // namespace
+
+PolicyInfo random_info() {
+  return {"random", "baseline", "evict uniformly random resident entries",
+          {{"seed", 1, 0, 9007199254740992.0, true, "random seed"}},
+          [](const nlohmann::json& p) -> std::unique_ptr<Policy> { return std::make_unique<Random>(p["seed"].get<uint64_t>()); }};
+}
+
+}  // namespace kvscope::policy
