@@ -47,7 +47,8 @@ void add_sim_commands(CLI::App& app) {
       if (!tr.damage().empty() && !tr.complete()) throw Error(tr.damage());
       json results = json::array();
       if (!as_json)
-        std::printf("%-14s %8s %14s %14s %12s\n", "policy", "budget", "retained mass", "oracle-topk", "evictions");
+        std::printf("%-14s %8s %14s %14s %12s %12s\n", "policy", "budget", "retained mass", "oracle-topk", "evictions",
+                    "output L2");
       for (uint32_t b : budgets) {
         sim::ReplayConfig cfg;
         cfg.policy = policy;
@@ -61,8 +62,9 @@ void add_sim_commands(CLI::App& app) {
         j["synthetic"] = tr.info().synthetic;
         results.push_back(j);
         if (!as_json)
-          std::printf("%-14s %8u %14.6f %14.6f %12llu\n", policy.c_str(), r.budget, r.retained_mass, r.oracle_topk_mass,
-                      static_cast<unsigned long long>(r.evictions));
+          std::printf("%-14s %8u %14.6f %14.6f %12llu %12s\n", policy.c_str(), r.budget, r.retained_mass, r.oracle_topk_mass,
+                      static_cast<unsigned long long>(r.evictions),
+                      r.has_output_error ? std::to_string(r.output_rel_l2).c_str() : "-");
       }
       if (as_json) std::cout << results.dump(1) << "\n";
       if (!out.empty()) {

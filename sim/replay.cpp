@@ -1,6 +1,7 @@
 #include "sim/replay.h"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 
 #include "kernels/io/error.h"
@@ -21,7 +22,9 @@ json ReplayResult::to_json() const {
           {"oracle_topk_mass", oracle_topk_mass},
           {"retained_per_layer", retained_per_layer},
           {"oracle_topk_per_layer", oracle_per_layer},
-          {"evictions", evictions}};
+          {"evictions", evictions},
+          {"output_rel_l2", has_output_error ? json(output_rel_l2) : json(nullptr)},
+          {"output_rel_l2_per_layer", has_output_error ? json(output_rel_l2_per_layer) : json(nullptr)}};
 }
 
 ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
@@ -44,7 +47,12 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
   std::vector<uint8_t> resident(static_cast<size_t>(shape.streams()) * ctx, 0);
   std::vector<uint32_t> n_res(shape.streams(), 0);
   std::vector<float> row(ctx), agg(ctx), top(ctx);
-  std::vector<double> ret_l(in.n_layers, 0), orc_l(in.n_layers, 0), rows_l(in.n_layers, 0);
+  std::vector<double> ret_l(in.n_layers, 0), orc_l(in.n_layers, 0), rows_l(in.n_layers, 0), err_l(in.n_layers, 0);
+  // V rows of every stream, rebuilt from the step records (each token's V appears once).
+  const uint32_t hd = in.head_dim;
+  const bool with_v = in.with_qkv;
+  std::vector<float> vcache(with_v ? static_cast<size_t>(shape.streams()) * ctx * hd : 0);
+  std::vector<double> o_full(hd), o_kept(hd);
   ReplayResult out;
   policy::Plan plan;
   trace::LayerFrame frame;
@@ -90,6 +98,10 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
           const uint32_t first = sv.first_pos, n = sv.first_pos + sv.n_queries;
           for (uint32_t j = first; j < n; ++j) res[j] = 1;
           n_res[v.stream] += sv.n_queries;
+          if (with_v)
+            for (uint32_t t = 0; t < sv.n_queries; ++t)
+              trace::halves_to_floats(sv.v + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd,
+                                      vcache.data() + (static_cast<size_t>(v.stream) * ctx + first + t) * hd, hd);
           v.n = n;
           v.n_resident = n_res[v.stream];
           if (v.prefill) {
@@ -121,6 +133,28 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
             ret_l[l] += kept;
             orc_l[l] += best;
             rows_l[l] += 1;
+            if (with_v) {
+              const float* V = vcache.data() + static_cast<size_t>(v.stream) * ctx * hd;
+              std::fill(o_full.begin(), o_full.end(), 0.0);
+              std::fill(o_kept.begin(), o_kept.end(), 0.0);
+              double total = 0;
+              for (uint32_t j = 0; j < n; ++j) {
+                if (row[j] == 0.0f) continue;
+                total += row[j];
+                for (uint32_t d = 0; d < hd; ++d) {
+                  const double x = static_cast<double>(row[j]) * V[static_cast<size_t>(j) * hd + d];
+                  o_full[d] += x;
+                  if (res[j]) o_kept[d] += x;
+                }
+              }
+              double num = 0, den = 0;
+              for (uint32_t d = 0; d < hd; ++d) {
+                const double f = o_full[d] / total, k = kept > 0 ? o_kept[d] / kept : 0.0;
+                num += (k - f) * (k - f);
+                den += f * f;
+              }
+              err_l[l] += den > 0 ? std::sqrt(num / den) : 0.0;
+            }
             // What the model would compute over the resident entries: renormalised.
             const float inv = kept > 0 ? static_cast<float>(1.0 / kept) : 0.0f;
             for (uint32_t j = 0; j < n; ++j) row[j] = res[j] ? row[j] * inv : 0.0f;
@@ -144,6 +178,15 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
     rs += ret_l[l];
     os += orc_l[l];
     n += rows_l[l];
+  }
+  out.has_output_error = with_v;
+  if (with_v) {
+    double es = 0;
+    for (uint32_t l = 0; l < in.n_layers; ++l) {
+      out.output_rel_l2_per_layer.push_back(rows_l[l] ? err_l[l] / rows_l[l] : 0.0);
+      es += err_l[l];
+    }
+    out.output_rel_l2 = n ? es / n : 0.0;
   }
   out.rows = static_cast<uint64_t>(n);
   out.retained_mass = n ? rs / n : 1.0;

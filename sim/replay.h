@@ -29,6 +29,11 @@ struct ReplayResult {
   double retained_mass = 0;     // mean over decode steps x layers x query heads
   double oracle_topk_mass = 0;  // the same for the B entries with the most attention (upper bound)
   std::vector<double> retained_per_layer, oracle_per_layer;
+  // Relative L2 error of the attention output over the resident entries vs the full cache,
+  // ||o_kept - o_full|| / ||o_full|| with o = sum_j p_j v_j / sum_j p_j (traces with V only).
+  bool has_output_error = false;
+  double output_rel_l2 = 0;
+  std::vector<double> output_rel_l2_per_layer;
   uint64_t evictions = 0;
   uint64_t rows = 0;
   nlohmann::json to_json() const;

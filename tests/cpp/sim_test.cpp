@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <cmath>
 #include <functional>
 #include <set>
 #include <string>
 
 #include "kernels/io/error.h"
+#include "kernels/io/halfs.h"
 #include "policies/registry.h"
 #include "sim/replay.h"
 #include "traces/reader.h"
@@ -196,4 +198,53 @@ TEST(Replay, RandomIsSeededAndEvictsUniformly) {
   // Random keeps far less than the recency baseline on a real trace, and more than nothing.
   EXPECT_LT(a.retained_mass, run(tr, "window", 64).retained_mass);
   EXPECT_GT(a.retained_mass, 0.1);
+}
+
+// Output error of the sliding window, recomputed here from the trace's V rows.
+TEST(Replay, OutputErrorMatchesAReferenceForTheWindow) {
+  trace::TraceReader tr(default_trace());
+  const auto& in = tr.info();
+  ASSERT_TRUE(in.with_qkv);
+  const uint32_t B = 40, hd = in.head_dim;
+  double sum = 0, rows = 0;
+  trace::LayerFrame f;
+  for (uint32_t l = 0; l < in.n_layers; ++l) {
+    std::vector<std::vector<float>> V(in.n_kv_heads);  // [kvh][pos * hd]
+    for (uint32_t ci = 0; ci < tr.chunks().size(); ++ci) {
+      tr.read_frame(ci, l, f);
+      for (const auto& sv : f.steps) {
+        for (uint32_t kvh = 0; kvh < in.n_kv_heads; ++kvh)
+          for (uint32_t t = 0; t < sv.n_queries; ++t)
+            for (uint32_t d = 0; d < hd; ++d) V[kvh].push_back(f16_to_f32(sv.v[(t * in.n_kv_heads + kvh) * hd + d]));
+        if (sv.kind == trace::StepKind::Prefill) continue;
+        for (uint32_t h = 0; h < in.n_heads; ++h) {
+          const auto row = dense_row(sv, h, in.n_heads);
+          const auto& Vh = V[h / in.group];
+          const uint32_t q = sv.first_pos;
+          std::vector<double> full(hd, 0), kept(hd, 0);
+          double pf = 0, pk = 0;
+          for (uint32_t j = 0; j <= q; ++j) {
+            pf += row[j];
+            if (j + B > q) pk += row[j];
+            for (uint32_t d = 0; d < hd; ++d) {
+              full[d] += double(row[j]) * Vh[j * hd + d];
+              if (j + B > q) kept[d] += double(row[j]) * Vh[j * hd + d];
+            }
+          }
+          double num = 0, den = 0;
+          for (uint32_t d = 0; d < hd; ++d) {
+            num += std::pow(kept[d] / pk - full[d] / pf, 2);
+            den += std::pow(full[d] / pf, 2);
+          }
+          sum += std::sqrt(num / den);
+          rows += 1;
+        }
+      }
+    }
+  }
+  const auto r = run(tr, "window", B);
+  ASSERT_TRUE(r.has_output_error);
+  EXPECT_NEAR(r.output_rel_l2, sum / rows, 1e-9);
+  EXPECT_GT(r.output_rel_l2, 0.01);  // a 40-entry window on a 512-token context does lose something
+  EXPECT_EQ(run(tr, "full", 0).output_rel_l2, 0.0);
 }
