@@ -44,4 +44,42 @@ void lowest_k(const float* score, const uint8_t* resident, uint32_t n, uint32_t 
   out.insert(out.end(), scratch.begin(), scratch.begin() + k);
 }
 
+namespace {
+
+class AccumulatedScore final : public Policy {
+ public:
+  AccumulatedScore(float lambda, double recent_ratio) : lambda_(lambda), ratio_(recent_ratio) {}
+  void reset(const Shape& s) override {
+    stride_ = s.max_tokens;
+    score_.assign(static_cast<size_t>(s.streams()) * stride_, 0.0f);
+    protect_.assign(stride_, 0);
+  }
+  void observe(const StreamView& v) override {
+    float* s = score_.data() + static_cast<size_t>(v.stream) * stride_;
+    for (uint32_t j = 0; j < v.n; ++j) s[j] = lambda_ * s[j] + v.attn[j];
+  }
+  void victims(const StreamView& v, uint32_t k, Plan& plan) override {
+    const uint32_t recent = static_cast<uint32_t>(std::lround(ratio_ * v.budget));
+    std::fill(protect_.begin(), protect_.begin() + v.n, 0);
+    for (uint32_t j = v.n, kept = 0; j-- > 0 && kept < recent;)
+      if (v.resident[j]) protect_[j] = 1, ++kept;
+    lowest_k(score_.data() + static_cast<size_t>(v.stream) * stride_, v.resident, v.n, k, protect_.data(), plan.evict,
+             scratch_);
+  }
+
+ private:
+  float lambda_;
+  double ratio_;
+  uint32_t stride_ = 0;
+  std::vector<float> score_;
+  std::vector<uint8_t> protect_;
+  std::vector<uint32_t> scratch_;
+};
+
+}  // namespace
+
+std::unique_ptr<Policy> make_accumulated_score(float lambda, double recent_ratio) {
+  return std::make_unique<AccumulatedScore>(lambda, recent_ratio);
+}
+
 }  // namespace kvscope::policy
