@@ -11,7 +11,9 @@ nlohmann::json validate_params(const std::vector<ParamSpec>& specs, const nlohma
   if (!params.is_null() && !params.is_object()) throw Error(where + ": expected an object of parameters");
   nlohmann::json out = nlohmann::json::object();
   if (params.is_object())
-    for (auto& [k, v] : params.items()) {
+    for (auto item = params.begin(); item != params.end(); ++item) {
+      const std::string& k = item.key();
+      const nlohmann::json& v = item.value();
       auto it = std::find_if(specs.begin(), specs.end(), [&](const ParamSpec& s) { return s.name == k; });
       if (it == specs.end()) {
         std::string known;
