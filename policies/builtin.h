@@ -11,5 +11,6 @@ PolicyInfo h2o_info();
 PolicyInfo tova_info();
 PolicyInfo random_info();
 PolicyInfo a2sf_info();
+PolicyInfo scissorhands_info();
 
 }  // namespace kvscope::policy

@@ -17,6 +17,7 @@ const std::vector<PolicyInfo>& registry() {
     v.push_back(tova_info());
     v.push_back(random_info());
     v.push_back(a2sf_info());
+    v.push_back(scissorhands_info());
     return v;
   }();
   return all;

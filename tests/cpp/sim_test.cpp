@@ -248,3 +248,69 @@ TEST(Replay, OutputErrorMatchesAReferenceForTheWindow) {
   EXPECT_GT(r.output_rel_l2, 0.01);  // a 40-entry window on a 512-token context does lose something
   EXPECT_EQ(run(tr, "full", 0).output_rel_l2, 0.0);
 }
+
+// Scissorhands against an obvious reference: a deque of the last `history` sets of
+// important positions, counted per position.
+TEST(Replay, ScissorhandsMatchesASlowReference) {
+  trace::TraceReader tr(default_trace());
+  const auto& in = tr.info();
+  const uint32_t B = 40, recent = 20, history = 8;  // recent_ratio 0.5
+  double sum = 0, rows = 0;
+  trace::LayerFrame f;
+  for (uint32_t l = 0; l < in.n_layers; ++l)
+    for (uint32_t kvh = 0; kvh < in.n_kv_heads; ++kvh) {
+      std::set<uint32_t> res;
+      std::vector<std::set<uint32_t>> past;  // most recent last
+      auto observe = [&](const std::vector<float>& a) {
+        double total = 0;
+        for (uint32_t j : res) total += a[j];
+        const float thr = static_cast<float>(total / res.size());
+        std::set<uint32_t> imp;
+        for (uint32_t j : res)
+          if (a[j] >= thr) imp.insert(j);
+        past.push_back(imp);
+        if (past.size() > history) past.erase(past.begin());
+      };
+      auto count = [&](uint32_t j) {
+        float c = 0;
+        for (auto& s : past) c += s.count(j);
+        return c;
+      };
+      auto evict_to = [&](uint32_t cap) {
+        while (res.size() > cap) {
+          std::vector<uint32_t> cand(res.begin(), res.end());
+          cand.resize(cand.size() - std::min<size_t>(recent, cand.size()));
+          uint32_t victim = cand[0];
+          for (uint32_t j : cand)
+            if (count(j) < count(victim)) victim = j;
+          res.erase(victim);
+        }
+      };
+      for (uint32_t ci = 0; ci < tr.chunks().size(); ++ci) {
+        tr.read_frame(ci, l, f);
+        for (const auto& sv : f.steps) {
+          for (uint32_t j = sv.first_pos; j < sv.first_pos + sv.n_queries; ++j) res.insert(j);
+          std::vector<float> agg(sv.first_pos + sv.n_queries, 0.0f);
+          if (sv.kind == trace::StepKind::Prefill) {
+            for (uint32_t g = 0; g < in.group; ++g)
+              for (uint32_t j = 0; j < sv.n_queries; ++j) agg[j] += sv.colsum[(kvh * in.group + g) * sv.n_queries + j];
+            observe(agg);
+            evict_to(B);
+            continue;
+          }
+          evict_to(B);
+          for (uint32_t g = 0; g < in.group; ++g) {
+            const auto row = dense_row(sv, kvh * in.group + g, in.n_heads);
+            double kept = 0;
+            for (uint32_t j : res) kept += row[j];
+            sum += kept;
+            rows += 1;
+            const float inv = static_cast<float>(1.0 / kept);
+            for (uint32_t j = 0; j < row.size(); ++j) agg[j] += res.count(j) ? row[j] * inv : 0.0f;
+          }
+          observe(agg);
+        }
+      }
+    }
+  EXPECT_NEAR(run(tr, "scissorhands", B, {{"history", history}}).retained_mass, sum / rows, 1e-9);
+}
