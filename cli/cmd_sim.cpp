@@ -113,26 +113,21 @@ void add_sim_commands(CLI::App& app) {
       if (trace_path.empty()) throw Error("sim: give --trace (or \"trace\" in the spec)");
       trace::TraceReader tr(trace_path);
       if (!tr.damage().empty() && !tr.complete()) throw Error(tr.damage());
-      // Every run is checked before the first one starts.
-      const uint32_t ctx = tr.n_steps() == 0 ? 0 : tr.info().prompt_len + tr.n_steps() - 1;
-      for (size_t i = 0; i < runs.size(); ++i) {
-        const auto& info = policy::find(runs[i].policy);
-        policy::validate_params(info.params, runs[i].params, "policy " + runs[i].policy);
-        if (runs[i].policy != "full" && (runs[i].budget == 0 || runs[i].budget > ctx))
-          throw Error("sim: " + runs[i].policy + ": budget " + std::to_string(runs[i].budget) +
-                      " must be between 1 and the trace's context of " + std::to_string(ctx) + " tokens");
-      }
-      json results = json::array();
-      if (!as_json)
-        std::printf("%-14s %8s %14s %14s %12s %12s\n", "policy", "budget", "retained mass", "oracle-topk", "evictions",
-                    "output L2");
-      for (const Run& run : runs) {
+      auto config = [](const Run& run) {
         sim::ReplayConfig cfg;
         cfg.policy = run.policy;
         cfg.params = run.params;
         cfg.budget = run.budget;
         cfg.agg = agg == "max" ? sim::Aggregation::Max : agg == "mean" ? sim::Aggregation::Mean : sim::Aggregation::Sum;
-        const sim::ReplayResult r = sim::replay(tr, cfg);
+        return cfg;
+      };
+      for (const Run& run : runs) sim::validate(tr, config(run));  // every run checked before the first starts
+      json results = json::array();
+      if (!as_json)
+        std::printf("%-14s %8s %14s %14s %12s %12s\n", "policy", "budget", "retained mass", "oracle-topk", "evictions",
+                    "output L2");
+      for (const Run& run : runs) {
+        const sim::ReplayResult r = sim::replay(tr, config(run));
         json j = r.to_json();
         j["trace"] = trace_path;
         j["aggregation"] = agg;

@@ -46,6 +46,15 @@ void lowest_k(const float* score, const uint8_t* resident, uint32_t n, uint32_t 
   out.insert(out.end(), scratch.begin(), scratch.begin() + k);
 }
 
+void evict_lowest_outside_recent(const StreamView& v, uint32_t k, double recent_ratio, const float* score,
+                                 std::vector<uint8_t>& protect, std::vector<uint32_t>& scratch, Plan& plan) {
+  const uint32_t recent = static_cast<uint32_t>(std::lround(recent_ratio * v.budget));
+  std::fill(protect.begin(), protect.begin() + v.n, 0);
+  for (uint32_t j = v.n, kept = 0; j-- > 0 && kept < recent;)
+    if (v.resident[j]) protect[j] = 1, ++kept;
+  lowest_k(score, v.resident, v.n, k, protect.data(), plan.evict, scratch);
+}
+
 namespace {
 
 class AccumulatedScore final : public Policy {
@@ -61,12 +70,8 @@ class AccumulatedScore final : public Policy {
     for (uint32_t j = 0; j < v.n; ++j) s[j] = lambda_ * s[j] + v.attn[j];
   }
   void victims(const StreamView& v, uint32_t k, Plan& plan) override {
-    const uint32_t recent = static_cast<uint32_t>(std::lround(ratio_ * v.budget));
-    std::fill(protect_.begin(), protect_.begin() + v.n, 0);
-    for (uint32_t j = v.n, kept = 0; j-- > 0 && kept < recent;)
-      if (v.resident[j]) protect_[j] = 1, ++kept;
-    lowest_k(score_.data() + static_cast<size_t>(v.stream) * stride_, v.resident, v.n, k, protect_.data(), plan.evict,
-             scratch_);
+    evict_lowest_outside_recent(v, k, ratio_, score_.data() + static_cast<size_t>(v.stream) * stride_, protect_, scratch_,
+                                plan);
   }
 
  private:

@@ -82,6 +82,11 @@ nlohmann::json validate_params(const std::vector<ParamSpec>& specs, const nlohma
 void lowest_k(const float* score, const uint8_t* resident, uint32_t n, uint32_t k, const uint8_t* protect,
               std::vector<uint32_t>& out, std::vector<uint32_t>& scratch);
 
+// Protects the most recent round(recent_ratio * budget) resident entries, then appends the
+// k lowest-scored of the others to plan.evict (lowest_k). `protect` has room for v.n.
+void evict_lowest_outside_recent(const StreamView& v, uint32_t k, double recent_ratio, const float* score,
+                                 std::vector<uint8_t>& protect, std::vector<uint32_t>& scratch, Plan& plan);
+
 // Score-based eviction shared by H2O (lambda = 1) and A2SF: S_j <- lambda * S_j + a_j at
 // every observed step; the most recent round(recent_ratio * budget) resident entries are
 // kept; the smallest S_j among the rest are evicted (ties: lower position).

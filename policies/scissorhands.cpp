@@ -4,8 +4,6 @@
 // resident entries (1/n_resident for one query head). S_j = number of the last `history` observed steps in
 // which j was important; the most recent round(recent_ratio * budget) entries are kept and
 // the smallest S_j among the rest are evicted (ties: lower position).
-#include <cmath>
-
 #include "policies/builtin.h"
 
 namespace kvscope::policy {
@@ -37,12 +35,8 @@ class Scissorhands final : public Policy {
     slot_[v.stream] = (slot_[v.stream] + 1) % history_;
   }
   void victims(const StreamView& v, uint32_t k, Plan& plan) override {
-    const uint32_t recent = static_cast<uint32_t>(std::lround(ratio_ * v.budget));
-    std::fill(protect_.begin(), protect_.begin() + v.n, 0);
-    for (uint32_t j = v.n, kept = 0; j-- > 0 && kept < recent;)
-      if (v.resident[j]) protect_[j] = 1, ++kept;
-    lowest_k(count_.data() + static_cast<size_t>(v.stream) * stride_, v.resident, v.n, k, protect_.data(), plan.evict,
-             scratch_);
+    evict_lowest_outside_recent(v, k, ratio_, count_.data() + static_cast<size_t>(v.stream) * stride_, protect_, scratch_,
+                                plan);
   }
 
  private:

@@ -27,17 +27,23 @@ json ReplayResult::to_json() const {
           {"output_rel_l2_per_layer", has_output_error ? json(output_rel_l2_per_layer) : json(nullptr)}};
 }
 
-ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
+json validate(const trace::TraceReader& tr, const ReplayConfig& cfg) {
   const policy::PolicyInfo& info = policy::find(cfg.policy);
-  const json params = policy::validate_params(info.params, cfg.params, "policy " + cfg.policy);
-  const auto& in = tr.info();
+  json params = policy::validate_params(info.params, cfg.params, "policy " + cfg.policy);
   if (tr.n_steps() == 0) throw Error(tr.path() + ": trace has no steps");
-  const uint32_t P = in.prompt_len, ctx = P + tr.n_steps() - 1;
+  const uint32_t ctx = tr.info().prompt_len + tr.n_steps() - 1;
+  if (cfg.policy != "full" && (cfg.budget == 0 || cfg.budget > ctx))
+    throw Error("sim: " + cfg.policy + ": budget " + std::to_string(cfg.budget) +
+                " must be between 1 and the trace's context of " + std::to_string(ctx) + " tokens");
+  return params;
+}
+
+ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
+  const json params = validate(tr, cfg);
+  const policy::PolicyInfo& info = policy::find(cfg.policy);
+  const auto& in = tr.info();
+  const uint32_t ctx = in.prompt_len + tr.n_steps() - 1;
   const bool full = cfg.policy == "full";
-  if (!full && cfg.budget == 0) throw Error("sim: budget must be at least 1");
-  if (!full && cfg.budget > ctx)
-    throw Error("sim: budget " + std::to_string(cfg.budget) + " is larger than the trace's context of " + std::to_string(ctx) +
-                " tokens");
   const uint32_t budget = full ? ctx : cfg.budget;
 
   policy::Shape shape{in.n_layers, in.n_kv_heads, ctx};

@@ -39,8 +39,12 @@ struct ReplayResult {
   nlohmann::json to_json() const;
 };
 
-// Throws Error (unknown policy, bad parameter, budget of 0 or larger than the context)
-// before the replay starts.
+// Checks a run against a trace without replaying it: known policy, valid parameters, a
+// budget in 1..context (any budget for "full"). Returns the parameters with defaults filled
+// in; throws Error naming what is wrong.
+nlohmann::json validate(const trace::TraceReader& trace, const ReplayConfig& cfg);
+
+// validate(), then the replay.
 ReplayResult replay(const trace::TraceReader& trace, const ReplayConfig& cfg);
 
 }  // namespace kvscope::sim
