@@ -231,6 +231,9 @@ void add_trace_commands(CLI::App& app) {
         std::cout << j.dump(1, ' ', false, json::error_handler_t::replace) << "\n";
       } else {
         std::printf("trace        %s%s\n", path.c_str(), in.synthetic ? "  (SYNTHETIC)" : "");
+        if (const json s = h.contains("synth") && h["synth"].is_object() ? h["synth"] : json::object(); in.synthetic)
+          std::printf("synthetic    yes: kvscope synth, shape %s, seed %s, fitted to %s (docs/synth.md)\n", s.value("shape", json("?")).dump().c_str(),
+                      s.value("seed", json("?")).dump().c_str(), s.contains("fit") && s["fit"].is_object() ? s["fit"].value("trace", json("?")).dump().c_str() : "nothing");
         auto str = [](const json& o, const char* k) { return o.contains(k) && o[k].is_string() ? o[k].get<std::string>() : "?"; };
         std::printf("model        %s (%s): %u layers, %u query / %u KV heads, head_dim %u\n", str(h["model"], "name").c_str(),
                     str(h["model"], "format").c_str(), in.n_layers, in.n_heads, in.n_kv_heads, in.head_dim);

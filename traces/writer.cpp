@@ -170,6 +170,16 @@ void TraceWriter::on_attention(const cpu::AttentionRecord& r) {
   }
 }
 
+void TraceWriter::add_prefill_colsum(int layer, int q_head, std::span<const double> sums) {
+  if (!in_step_ || kind_ != StepKind::Prefill) throw Error("trace: add_prefill_colsum outside a prefill step");
+  if (layer < 0 || layer >= cfg_.n_layers || q_head < 0 || q_head >= cfg_.n_heads)
+    throw Error("trace: add_prefill_colsum for layer " + std::to_string(layer) + ", head " + std::to_string(q_head) +
+                " outside the model");
+  if (sums.size() != n_queries_) throw Error("trace: add_prefill_colsum needs one sum per prefill key");
+  double* cs = cur_[layer].colsum.data() + static_cast<size_t>(q_head) * n_queries_;
+  for (uint32_t j = 0; j < n_queries_; ++j) cs[j] += sums[j];
+}
+
 void TraceWriter::end_step() {
   if (!in_step_) throw Error("trace: end_step without begin_step");
   for (int l = 0; l < cfg_.n_layers; ++l) {

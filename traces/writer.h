@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,6 +41,10 @@ class TraceWriter : public cpu::AttentionObserver {
 
   void begin_step(uint32_t step, StepKind kind, uint32_t n_queries, uint32_t first_pos, int32_t token);
   void on_attention(const cpu::AttentionRecord& r) override;
+  // Prefill only: adds sums[0..n_queries-1] to the key column sums of (layer, q_head), for
+  // query rows the caller does not report through on_attention (kvscope synth computes
+  // them in closed form). Captures never call it; the file format is unchanged.
+  void add_prefill_colsum(int layer, int q_head, std::span<const double> sums);
   void end_step();
   // Flushes the last chunk, writes the index and trailer, closes the file.
   void finish();
