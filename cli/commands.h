@@ -7,5 +7,7 @@ namespace kvscope::cli {
 void add_model_commands(CLI::App& app);  // generate, tokenize, logits, model-info
 void add_trace_commands(CLI::App& app);  // trace, trace-info, trace-dump
 void add_sim_commands(CLI::App& app);    // sim, policies
+void add_export_commands(CLI::App& app); // export (page-access streams for libCacheSim)
+void add_synth_commands(CLI::App& app);  // synth (synthetic traces at real scale)
 
 }  // namespace kvscope::cli

@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   kvscope::cli::add_model_commands(app);
   kvscope::cli::add_trace_commands(app);
   kvscope::cli::add_sim_commands(app);
+  kvscope::cli::add_export_commands(app);
+  kvscope::cli::add_synth_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -33,26 +33,105 @@ nlohmann::json validate_params(const std::vector<ParamSpec>& specs, const nlohma
   return out;
 }
 
+void Policy::plan(const StreamView& v, Plan& plan) {
+  if (v.hbm_units > v.budget) victims(v, static_cast<uint32_t>(std::ceil(v.hbm_units - v.budget)), plan);
+}
+
+void Policy::victims(const StreamView&, uint32_t, Plan&) {
+  throw Error("policy: victims() is not implemented by this policy (it must override plan())");
+}
+
 void lowest_k(const float* score, const uint8_t* resident, uint32_t n, uint32_t k, const uint8_t* protect,
-              std::vector<uint32_t>& out, std::vector<uint32_t>& scratch) {
+              std::vector<uint32_t>& out, std::vector<uint32_t>& scratch, uint32_t page_size) {
   scratch.clear();
-  for (uint32_t j = 0; j < n; ++j)
-    if (resident[j] && !(protect && protect[j])) scratch.push_back(j);
-  if (k > scratch.size()) throw Error("policy: asked for " + std::to_string(k) + " victims among " +
-                                      std::to_string(scratch.size()) + " evictable entries");
-  auto less = [&](uint32_t a, uint32_t b) { return score[a] < score[b] || (score[a] == score[b] && a < b); };
-  if (k < scratch.size()) std::nth_element(scratch.begin(), scratch.begin() + k, scratch.end(), less);
-  std::sort(scratch.begin(), scratch.begin() + k);
-  out.insert(out.end(), scratch.begin(), scratch.begin() + k);
+  if (page_size <= 1) {
+    for (uint32_t j = 0; j < n; ++j)
+      if (resident[j] && !(protect && protect[j])) scratch.push_back(j);
+    if (k > scratch.size())
+      throw Error("policy: asked for " + std::to_string(k) + " victims among " + std::to_string(scratch.size()) +
+                  " evictable entries");
+    auto less = [&](uint32_t a, uint32_t b) { return score[a] < score[b] || (score[a] == score[b] && a < b); };
+    if (k < scratch.size()) std::nth_element(scratch.begin(), scratch.begin() + k, scratch.end(), less);
+    std::sort(scratch.begin(), scratch.begin() + k);
+    out.insert(out.end(), scratch.begin(), scratch.begin() + k);
+    return;
+  }
+  // Pages: rank by the summed score of their resident entries; a protected entry protects
+  // its page. scratch holds the candidate page indices.
+  const uint32_t n_pages = (n + page_size - 1) / page_size;
+  thread_local std::vector<float> page_score;
+  thread_local std::vector<uint32_t> page_count;
+  page_score.assign(n_pages, 0.0f);
+  page_count.assign(n_pages, 0);
+  thread_local std::vector<uint8_t> blocked;
+  blocked.assign(n_pages, 0);
+  for (uint32_t j = 0; j < n; ++j) {
+    if (!resident[j]) continue;
+    const uint32_t p = j / page_size;
+    if (protect && protect[j]) blocked[p] = 1;
+    page_score[p] += score[j];
+    ++page_count[p];
+  }
+  uint64_t available = 0;
+  for (uint32_t p = 0; p < n_pages; ++p)
+    if (page_count[p] && !blocked[p]) scratch.push_back(p), available += page_count[p];
+  if (k > available)
+    throw Error("policy: asked for " + std::to_string(k) + " victims among " + std::to_string(available) +
+                " evictable entries in whole pages");
+  std::sort(scratch.begin(), scratch.end(), [&](uint32_t a, uint32_t b) {
+    return page_score[a] < page_score[b] || (page_score[a] == page_score[b] && a < b);
+  });
+  uint32_t taken = 0;
+  size_t m = 0;
+  while (taken < k) taken += page_count[scratch[m++]];
+  std::sort(scratch.begin(), scratch.begin() + m);
+  for (size_t i = 0; i < m; ++i)
+    for (uint32_t j = scratch[i] * page_size, e = std::min(n, j + page_size); j < e; ++j)
+      if (resident[j]) out.push_back(j);
+}
+
+void evict_range(const StreamView& v, uint32_t begin, uint32_t end, uint32_t k, Plan& plan, uint32_t& taken) {
+  const uint32_t B = std::max<uint32_t>(1, v.page_size);
+  for (uint32_t j = begin; j < end && j < v.n && taken < k; ++j) {
+    if (!v.resident[j]) continue;
+    if (B == 1) {
+      plan.evict.push_back(j), ++taken;
+      continue;
+    }
+    const uint32_t p0 = j / B * B, p1 = std::min(v.n, p0 + B);
+    for (uint32_t i = p0; i < p1; ++i)
+      if (v.resident[i]) plan.evict.push_back(i), ++taken;
+    j = p1 - 1;
+  }
 }
 
 void evict_lowest_outside_recent(const StreamView& v, uint32_t k, double recent_ratio, const float* score,
                                  std::vector<uint8_t>& protect, std::vector<uint32_t>& scratch, Plan& plan) {
   const uint32_t recent = static_cast<uint32_t>(std::lround(recent_ratio * v.budget));
-  std::fill(protect.begin(), protect.begin() + v.n, 0);
-  for (uint32_t j = v.n, kept = 0; j-- > 0 && kept < recent;)
-    if (v.resident[j]) protect[j] = 1, ++kept;
-  lowest_k(score, v.resident, v.n, k, protect.data(), plan.evict, scratch);
+  // The protected entries are the last `recent` resident ones: everything from `cut` on.
+  uint32_t cut = v.n;
+  for (uint32_t kept = 0; cut > 0 && kept < recent;)
+    if (v.resident[--cut]) ++kept;
+  if (k == 1 && v.page_size <= 1) {  // the common decode case: one pass, no scratch
+    uint32_t best = UINT32_MAX;
+    float best_score = 0;
+    for (uint32_t j = 0; j < cut; ++j)
+      if (v.resident[j] && (best == UINT32_MAX || score[j] < best_score)) best = j, best_score = score[j];
+    if (best == UINT32_MAX) throw Error("policy: asked for 1 victim among 0 evictable entries");
+    plan.evict.push_back(best);
+    return;
+  }
+  if (v.page_size > 1) {
+    // A protected entry protects its page. When that leaves fewer than k entries to
+    // evict (a budget of a page or two), only the newest page stays protected.
+    const uint32_t B = v.page_size;
+    uint32_t free = 0;
+    for (uint32_t j = 0; j < cut / B * B; ++j) free += v.resident[j];
+    if (free < k) cut = std::max(cut, (v.n - 1) / B * B);
+  }
+  std::fill(protect.begin(), protect.begin() + cut, 0);
+  std::fill(protect.begin() + cut, protect.begin() + v.n, 1);
+  lowest_k(score, v.resident, v.n, k, protect.data(), plan.evict, scratch, v.page_size);
 }
 
 namespace {

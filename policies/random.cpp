@@ -11,17 +11,20 @@ class Random final : public Policy {
  public:
   explicit Random(uint64_t seed) : seed_(seed), rng_(seed) {}
   void reset(const Shape&) override { rng_.seed(seed_); }
-  void observe(const StreamView&) override {}
   void victims(const StreamView& v, uint32_t k, Plan& plan) override {
+    // Candidates: resident entries, or at page granularity the first resident entry of
+    // each page holding one (evict_range then takes the whole page).
+    const uint32_t B = v.page_size;
     cand_.clear();
     for (uint32_t j = 0; j < v.n; ++j)
-      if (v.resident[j]) cand_.push_back(j);
+      if (v.resident[j] && (B == 1 || cand_.empty() || cand_.back() / B != j / B)) cand_.push_back(j);
     // Partial Fisher-Yates with our own bounded draw (portable: no std distribution).
-    for (uint32_t i = 0; i < k; ++i) {
+    uint32_t taken = 0;
+    for (uint32_t i = 0; taken < k && i < cand_.size(); ++i) {
       const uint64_t span = cand_.size() - i;
       const uint64_t r = i + static_cast<uint64_t>((static_cast<unsigned __int128>(rng_()) * span) >> 64);
       std::swap(cand_[i], cand_[r]);
-      plan.evict.push_back(cand_[i]);
+      evict_range(v, cand_[i], cand_[i] + 1, k, plan, taken);
     }
   }
 

@@ -18,6 +18,18 @@ const std::vector<PolicyInfo>& registry() {
     v.push_back(random_info());
     v.push_back(a2sf_info());
     v.push_back(scissorhands_info());
+    for (auto* f : {&keyformer_info, &lazy_info, &snapkv_info, &pyramidkv_info, &adakv_info, &cake_info}) v.push_back(f());
+    v.push_back(quest_info());
+    v.push_back(infinigen_info());
+    v.push_back(kivi_info());
+    v.push_back(oracle_topk_info());
+    v.push_back(belady_info());
+    v.push_back(lru_info());
+    v.push_back(fifo_info());
+    v.push_back(lfu_info());
+    v.push_back(arc_info());
+    v.push_back(s3fifo_info());
+    v.push_back(belady_page_info());
     return v;
   }();
   return all;

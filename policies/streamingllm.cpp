@@ -1,6 +1,7 @@
 // streamingllm: attention sinks + sliding window (Xiao et al., "Efficient Streaming
 // Language Models with Attention Sinks", ICLR 2024): keep the first `sinks` positions and
-// the most recent budget - sinks; evict the oldest non-sink entry.
+// the most recent budget - sinks; evict the oldest non-sink entry (at page granularity,
+// the pages holding the sinks are kept whole).
 #include "policies/builtin.h"
 
 namespace kvscope::policy {
@@ -10,12 +11,12 @@ class StreamingLlm final : public Policy {
  public:
   explicit StreamingLlm(uint32_t sinks) : sinks_(sinks) {}
   void reset(const Shape&) override {}
-  void observe(const StreamView&) override {}
   void victims(const StreamView& v, uint32_t k, Plan& plan) override {
-    for (uint32_t j = sinks_; j < v.n && k > 0; ++j)
-      if (v.resident[j]) plan.evict.push_back(j), --k;
-    for (uint32_t j = 0; j < sinks_ && j < v.n && k > 0; ++j)  // budget smaller than the sinks
-      if (v.resident[j]) plan.evict.push_back(j), --k;
+    // At page granularity the sinks keep their whole first page(s).
+    const uint32_t B = v.page_size, keep = (sinks_ + B - 1) / B * B;
+    uint32_t taken = 0;
+    evict_range(v, keep, v.n, k, plan, taken);
+    evict_range(v, 0, keep, k, plan, taken);  // a budget smaller than the sinks
   }
 
  private:

@@ -24,7 +24,7 @@ class Tova final : public Policy {
     std::fill(protect_.begin(), protect_.begin() + v.n, 0);
     for (uint32_t j = seen_[v.stream]; j < v.n; ++j) protect_[j] = 1;
     lowest_k(score_.data() + static_cast<size_t>(v.stream) * stride_, v.resident, v.n, k, protect_.data(), plan.evict,
-             scratch_);
+             scratch_, v.page_size);
   }
 
  private:

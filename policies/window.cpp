@@ -7,10 +7,9 @@ namespace {
 class Window final : public Policy {
  public:
   void reset(const Shape&) override {}
-  void observe(const StreamView&) override {}
   void victims(const StreamView& v, uint32_t k, Plan& plan) override {
-    for (uint32_t j = 0; j < v.n && k > 0; ++j)
-      if (v.resident[j]) plan.evict.push_back(j), --k;
+    uint32_t taken = 0;
+    evict_range(v, 0, v.n, k, plan, taken);
   }
 };
 }  // namespace

@@ -4,153 +4,528 @@
 #include <cmath>
 #include <functional>
 
+#include "kernels/cpu/simd.h"
 #include "kernels/io/error.h"
 #include "policies/registry.h"
+#include "sim/pages.h"
 
 namespace kvscope::sim {
 
 using nlohmann::json;
 
 json ReplayResult::to_json() const {
-  return {{"policy", policy},
-          {"params", params},
-          {"budget", budget},
-          {"steps", steps},
-          {"context", context},
-          {"rows", rows},
-          {"retained_mass", retained_mass},
-          {"oracle_topk_mass", oracle_topk_mass},
-          {"retained_per_layer", retained_per_layer},
-          {"oracle_topk_per_layer", oracle_per_layer},
-          {"evictions", evictions},
-          {"output_rel_l2", has_output_error ? json(output_rel_l2) : json(nullptr)},
-          {"output_rel_l2_per_layer", has_output_error ? json(output_rel_l2_per_layer) : json(nullptr)}};
+  json series = json::array();
+  for (const StepMetrics& s : per_step)
+    series.push_back({{"step", s.step},
+                     {"retained_mass", s.retained_mass},
+                     {"oracle_topk_mass", s.oracle_topk_mass},
+                     {"hbm_entries", s.hbm_entries},
+                     {"hbm_bytes", s.hbm_bytes},
+                     {"host_entries", s.host_entries},
+                     {"bytes_fetched", s.bytes_fetched},
+                     {"bytes_offloaded", s.bytes_offloaded},
+                     {"evictions", s.evictions}});
+  json j = {{"policy", policy},
+            {"kind", kind},
+            {"params", params},
+            {"budget", budget},
+            {"page_size", page_size},
+            {"steps", steps},
+            {"context", context},
+            {"rows", rows},
+            {"retained_mass", retained_mass},
+            {"oracle_topk_mass", oracle_topk_mass},
+            {"retained_per_layer", retained_per_layer},
+            {"oracle_topk_per_layer", oracle_per_layer},
+            {"retained_per_head", retained_per_head},
+            {"output_rel_l2", has_output_error ? json(output_rel_l2) : json(nullptr)},
+            {"output_rel_l2_per_layer", has_output_error ? json(output_rel_l2_per_layer) : json(nullptr)},
+            {"entry_bytes", entry_bytes},
+            {"evictions", evictions},
+            {"offloads", offloads},
+            {"fetches", fetches},
+            {"quantized", quantized},
+            {"bytes_offloaded", bytes_offloaded},
+            {"bytes_fetched", bytes_fetched},
+            {"mean_hbm_entries", mean_hbm_entries},
+            {"mean_hbm_pages", mean_hbm_pages},
+            {"peak_hbm_bytes", peak_hbm_bytes},
+            {"quant_rel_l2", quant_rel_l2},
+            {"requests", requests},
+            {"misses", misses}};
+  if (!per_step.empty()) j["per_step"] = series;
+  return j;
+}
+
+namespace {
+
+uint32_t context_of(const trace::TraceReader& tr) { return tr.info().prompt_len + tr.n_steps() - 1; }
+
+// Per-stream budgets of a run: the uniform budget, or the per-layer / per-stream overrides.
+std::vector<uint32_t> stream_budgets(const trace::TraceReader& tr, const ReplayConfig& cfg, uint32_t uniform) {
+  const auto& in = tr.info();
+  std::vector<uint32_t> b(static_cast<size_t>(in.n_layers) * in.n_kv_heads, uniform);
+  if (!cfg.layer_budgets.empty())
+    for (uint32_t l = 0; l < in.n_layers; ++l)
+      for (uint32_t h = 0; h < in.n_kv_heads; ++h) b[l * in.n_kv_heads + h] = cfg.layer_budgets[l];
+  if (!cfg.stream_budgets.empty()) b = cfg.stream_budgets;
+  return b;
+}
+
+// Quantize-dequantize one V row at `bits` (asymmetric min/max over the row, as KIVI does
+// per token for V). Returns ||v - dq|| / ||v||.
+double quantize_row(const float* v, float* dq, uint32_t d, uint32_t bits) {
+  float lo = v[0], hi = v[0];
+  for (uint32_t i = 1; i < d; ++i) lo = std::min(lo, v[i]), hi = std::max(hi, v[i]);
+  const float levels = static_cast<float>((1u << bits) - 1);
+  const float scale = hi > lo ? (hi - lo) / levels : 0.0f;
+  double num = 0, den = 0;
+  for (uint32_t i = 0; i < d; ++i) {
+    const float q = scale > 0 ? std::nearbyint((v[i] - lo) / scale) : 0.0f;
+    dq[i] = lo + q * scale;
+    num += static_cast<double>(dq[i] - v[i]) * (dq[i] - v[i]);
+    den += static_cast<double>(v[i]) * v[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : 0.0;
+}
+
+// sum_j [res_j] x_j in double over eight interleaved partial sums: branch-free so that it
+// vectorises. Attention rows come from fp16 values (multiples of 2^-24, at most 1), whose
+// double sums are exact in any order, so the result does not depend on the order.
+double masked_sum(const float* x, const uint8_t* res, uint32_t n) {
+  uint32_t j = 0;
+  double total = 0;
+#ifdef KVSCOPE_AVX2
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  for (; j + 8 <= n; j += 8) {
+    const __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(res + j)));
+    const __m256 v = _mm256_and_ps(_mm256_loadu_ps(x + j), _mm256_castsi256_ps(_mm256_cmpgt_epi32(m8, _mm256_setzero_si256())));
+    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(a0, a1));
+  total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+#endif
+  for (; j < n; ++j) total += res[j] ? static_cast<double>(x[j]) : 0.0;
+  return total;
+}
+
+// row_j <- res_j ? row_j * inv : 0, and fold the result into agg (copy, sum or max).
+void renorm_fold(float* row, const uint8_t* res, float inv, float* agg, uint32_t n, bool first, bool max) {
+  uint32_t j = 0;
+#ifdef KVSCOPE_AVX2
+  const __m256 vinv = _mm256_set1_ps(inv);
+  for (; j + 8 <= n; j += 8) {
+    const __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(res + j)));
+    const __m256 mask = _mm256_castsi256_ps(_mm256_cmpgt_epi32(m8, _mm256_setzero_si256()));
+    const __m256 r = _mm256_and_ps(_mm256_mul_ps(_mm256_loadu_ps(row + j), vinv), mask);
+    _mm256_storeu_ps(row + j, r);
+    __m256 a = r;
+    if (!first) a = max ? _mm256_max_ps(_mm256_loadu_ps(agg + j), r) : _mm256_add_ps(_mm256_loadu_ps(agg + j), r);
+    _mm256_storeu_ps(agg + j, a);
+  }
+#endif
+  for (; j < n; ++j) {
+    const float r = res[j] ? row[j] * inv : 0.0f;
+    row[j] = r;
+    agg[j] = first ? r : max ? std::max(agg[j], r) : agg[j] + r;
+  }
+}
+
+// The oracle-topk bound alone (for replays that do not run the main loop): per decode row,
+// the mass of the `budget` largest entries; mean over rows, overall and per layer.
+void oracle_only(const trace::TraceReader& tr, uint32_t budget, ReplayResult& out) {
+  const auto& in = tr.info();
+  trace::LayerFrame frame;
+  std::vector<float> row(context_of(tr));
+  double total = 0, n_rows = 0;
+  out.oracle_per_layer.assign(in.n_layers, 0.0);
+  std::vector<double> rows_l(in.n_layers, 0.0);
+  for (uint32_t ci = 0; ci < tr.chunks().size(); ++ci)
+    for (uint32_t l = 0; l < in.n_layers; ++l) {
+      tr.read_frame(ci, l, frame);
+      for (const trace::StepLayerView& sv : frame.steps) {
+        if (sv.kind == trace::StepKind::Prefill) continue;
+        const uint32_t n = sv.first_pos + 1, b = std::min(budget, n);
+        for (uint32_t h = 0; h < in.n_heads; ++h) {
+          const trace::RowView& rv = sv.row(0, h, in.n_heads);
+          std::fill(row.begin(), row.begin() + n, 0.0f);
+          if (in.mode == trace::Mode::Dense) trace::halves_to_floats(rv.probs, row.data(), rv.n);
+          else
+            for (uint32_t i = 0; i < rv.n; ++i) row[rv.keys[i]] = f16_to_f32(rv.probs[i]);
+          std::nth_element(row.begin(), row.begin() + (b - 1), row.begin() + n, std::greater<float>());
+          double best = 0;
+          for (uint32_t i = 0; i < b; ++i) best += row[i];
+          out.oracle_per_layer[l] += best, rows_l[l] += 1, total += best, n_rows += 1;
+        }
+      }
+    }
+  for (uint32_t l = 0; l < in.n_layers; ++l) out.oracle_per_layer[l] = rows_l[l] ? out.oracle_per_layer[l] / rows_l[l] : 1.0;
+  out.oracle_topk_mass = n_rows ? total / n_rows : 1.0;
+}
+
+}  // namespace
+
+std::vector<trace::LayerFrame> decode_all(const trace::TraceReader& tr) {
+  const uint32_t L = tr.info().n_layers;
+  std::vector<trace::LayerFrame> frames(tr.chunks().size() * L);
+  for (uint32_t ci = 0; ci < tr.chunks().size(); ++ci)
+    for (uint32_t l = 0; l < L; ++l) tr.read_frame(ci, l, frames[static_cast<size_t>(ci) * L + l]);
+  return frames;
 }
 
 json validate(const trace::TraceReader& tr, const ReplayConfig& cfg) {
   const policy::PolicyInfo& info = policy::find(cfg.policy);
   json params = policy::validate_params(info.params, cfg.params, "policy " + cfg.policy);
+  const auto& in = tr.info();
   if (tr.n_steps() == 0) throw Error(tr.path() + ": trace has no steps");
-  const uint32_t ctx = tr.info().prompt_len + tr.n_steps() - 1;
+  const uint32_t ctx = context_of(tr);
+  const std::string who = "sim: " + cfg.policy + ": ";
   if (cfg.policy != "full" && (cfg.budget == 0 || cfg.budget > ctx))
-    throw Error("sim: " + cfg.policy + ": budget " + std::to_string(cfg.budget) +
-                " must be between 1 and the trace's context of " + std::to_string(ctx) + " tokens");
+    throw Error(who + "budget " + std::to_string(cfg.budget) + " must be between 1 and the trace's context of " +
+                std::to_string(ctx) + " tokens");
+  if (cfg.page_size == 0 || cfg.page_size > ctx)
+    throw Error(who + "page size " + std::to_string(cfg.page_size) + " must be between 1 and the context (" +
+                std::to_string(ctx) + ")");
+  if (cfg.page_size > 1 && cfg.policy != "full" && cfg.budget < cfg.page_size)
+    throw Error(who + "budget " + std::to_string(cfg.budget) + " is smaller than one page of " + std::to_string(cfg.page_size));
+  if ((info.needs & (policy::kNeedsQK | policy::kNeedsV)) && !in.with_qkv)
+    throw Error(who + "needs the trace's " + std::string(info.needs & policy::kNeedsQK ? "Q and K" : "V") + ", and " +
+                tr.path() + " was captured without them (capture with --with-qkv)");
+  if (!cfg.layer_budgets.empty() && cfg.layer_budgets.size() != in.n_layers)
+    throw Error(who + "layer budgets: " + std::to_string(cfg.layer_budgets.size()) + " values for " +
+                std::to_string(in.n_layers) + " layers");
+  if (!cfg.stream_budgets.empty() && cfg.stream_budgets.size() != static_cast<size_t>(in.n_layers) * in.n_kv_heads)
+    throw Error(who + "head budgets: " + std::to_string(cfg.stream_budgets.size()) + " values for " +
+                std::to_string(in.n_layers * in.n_kv_heads) + " (layer, KV head) streams");
+  for (uint32_t b : cfg.layer_budgets)
+    if (b == 0 || b > ctx) throw Error(who + "layer budget " + std::to_string(b) + " outside 1.." + std::to_string(ctx));
+  for (uint32_t b : cfg.stream_budgets)
+    if (b == 0 || b > ctx) throw Error(who + "head budget " + std::to_string(b) + " outside 1.." + std::to_string(ctx));
+  if (info.kind == "cache") {
+    const AccessRule rule = AccessRule::parse(cfg.access);
+    const uint32_t B = std::max<uint32_t>(1, cfg.page_size);
+    // Demand paging needs a step's accessed pages in HBM at once.
+    if (rule.kind == AccessRule::Kind::TopK && static_cast<uint64_t>(rule.k) * B > cfg.budget)
+      throw Error(who + "access " + rule.str() + " touches " + std::to_string(rule.k) + " pages of " + std::to_string(B) +
+                  " per step, more than the budget of " + std::to_string(cfg.budget) + " entries holds");
+  }
   return params;
 }
 
 ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
   const json params = validate(tr, cfg);
   const policy::PolicyInfo& info = policy::find(cfg.policy);
-  const auto& in = tr.info();
-  const uint32_t ctx = in.prompt_len + tr.n_steps() - 1;
-  const bool full = cfg.policy == "full";
-  const uint32_t budget = full ? ctx : cfg.budget;
+  if (info.kind == "cache") {
+    ReplayResult r = replay_cache(tr, cfg, info, params);
+    oracle_only(tr, cfg.budget, r);
+    return r;
+  }
 
-  policy::Shape shape{in.n_layers, in.n_kv_heads, ctx};
+  const auto& in = tr.info();
+  const uint32_t ctx = context_of(tr);
+  const bool full = cfg.policy == "full";
+  const uint32_t B = cfg.page_size;
+  const uint32_t hd = in.head_dim, G = in.group;
+  policy::Shape shape{in.n_layers, in.n_kv_heads, ctx, hd, G, B, &tr,
+                      cfg.agg == Aggregation::Max    ? policy::GroupAgg::Max
+                      : cfg.agg == Aggregation::Mean ? policy::GroupAgg::Mean
+                                                     : policy::GroupAgg::Sum};
+  const uint32_t S = shape.streams();
+  std::vector<uint32_t> budget = stream_budgets(tr, cfg, full ? ctx : cfg.budget);
   auto pol = info.make(params);
   pol->reset(shape);
 
-  std::vector<uint8_t> resident(static_cast<size_t>(shape.streams()) * ctx, 0);
-  std::vector<uint32_t> n_res(shape.streams(), 0);
-  std::vector<float> row(ctx), agg(ctx), top(ctx);
-  std::vector<double> ret_l(in.n_layers, 0), orc_l(in.n_layers, 0), rows_l(in.n_layers, 0), err_l(in.n_layers, 0);
-  // V rows of every stream, rebuilt from the step records (each token's V appears once).
-  const uint32_t hd = in.head_dim;
-  const bool with_v = in.with_qkv;
-  std::vector<float> vcache(with_v ? static_cast<size_t>(shape.streams()) * ctx * hd : 0);
+  // Where every entry lives, per stream (struct of arrays).
+  const size_t cells = static_cast<size_t>(S) * ctx;
+  std::vector<uint8_t> where(cells, policy::kEvicted), resident(cells, 0), bits(cells, 16);
+  std::vector<uint32_t> n_res(S, 0), n_host(S, 0);
+  std::vector<double> units(S, 0.0);
+  // Pages with at least one HBM entry (page size B, or 16 at token granularity).
+  const uint32_t PB = B > 1 ? B : 16, n_pages = (ctx + PB - 1) / PB;
+  std::vector<uint32_t> page_count(static_cast<size_t>(S) * n_pages, 0), pages_res(S, 0);
+  const uint64_t entry_bytes = 2ull * hd * 2;  // K and V at 16 bits
+  auto bytes_at = [&](uint8_t b) { return entry_bytes * b / 16; };
+
+  const bool with_v = in.with_qkv, need_qk = info.needs & policy::kNeedsQK, need_future = info.needs & policy::kNeedsFuture;
+  std::vector<float> vcache(with_v ? cells * hd : 0), vdq, kcache(need_qk ? cells * hd : 0), qbuf(need_qk ? G * hd : 0);
+  std::vector<float> rows(static_cast<size_t>(G) * ctx), agg(ctx), top(ctx), future(need_future ? ctx : 0), lse(G);
+  std::vector<float> window(static_cast<size_t>(in.prefill_window) * ctx);
   std::vector<double> o_full(hd), o_kept(hd);
+  std::vector<double> ret_l(in.n_layers, 0), orc_l(in.n_layers, 0), rows_l(in.n_layers, 0), err_l(in.n_layers, 0);
+  std::vector<double> ret_h(S, 0), rows_h(S, 0);
+  std::vector<StepMetrics> steps(tr.n_steps());
+  std::vector<double> step_ret(tr.n_steps(), 0), step_orc(tr.n_steps(), 0), step_rows(tr.n_steps(), 0);
+  for (uint32_t s = 0; s < tr.n_steps(); ++s) steps[s].step = s;
+  double quant_err = 0, hbm_entries_sum = 0, hbm_pages_sum = 0, stream_steps = 0;
   ReplayResult out;
+  out.entry_bytes = entry_bytes;
   policy::Plan plan;
   trace::LayerFrame frame;
 
-  auto apply = [&](policy::StreamView& v, uint32_t k) {
-    plan.clear();
-    pol->victims(v, k, plan);
-    if (plan.evict.size() != k)
-      throw Error("sim: policy " + cfg.policy + " returned " + std::to_string(plan.evict.size()) + " victims, " +
-                  std::to_string(k) + " were asked for");
-    uint8_t* res = resident.data() + static_cast<size_t>(v.stream) * ctx;
-    for (uint32_t j : plan.evict) {
-      if (j >= v.n || !res[j]) throw Error("sim: policy " + cfg.policy + " evicted position " + std::to_string(j) + ", not resident");
-      res[j] = 0;
-    }
-    n_res[v.stream] -= k;
-    v.n_resident = n_res[v.stream];
-    out.evictions += k;
-  };
+  const float agg_scale = cfg.agg == Aggregation::Mean ? 1.0f / static_cast<float>(G) : 1.0f;
   auto fold = [&](float* dst, const float* src, uint32_t n, bool first) {
-    for (uint32_t j = 0; j < n; ++j) {
-      if (first) dst[j] = src[j];
-      else if (cfg.agg == Aggregation::Max) dst[j] = std::max(dst[j], src[j]);
-      else dst[j] += src[j];
+    if (first) {
+      std::copy(src, src + n, dst);
+    } else if (cfg.agg == Aggregation::Max) {
+      for (uint32_t j = 0; j < n; ++j) dst[j] = std::max(dst[j], src[j]);
+    } else {
+      for (uint32_t j = 0; j < n; ++j) dst[j] += src[j];
     }
   };
-  const float agg_scale = cfg.agg == Aggregation::Mean ? 1.0f / static_cast<float>(in.group) : 1.0f;
+  auto scale = [&](float* x, uint32_t n) {
+    if (agg_scale != 1.0f)
+      for (uint32_t j = 0; j < n; ++j) x[j] *= agg_scale;
+  };
+  // Row of one query head (dense or top-k) into dst[0..n), zeros elsewhere.
+  auto decode_row = [&](const trace::RowView& rv, float* dst, uint32_t n) {
+    if (in.mode == trace::Mode::Dense && rv.n == n) {
+      trace::halves_to_floats(rv.probs, dst, n);
+      return;
+    }
+    std::fill(dst, dst + n, 0.0f);
+    if (in.mode == trace::Mode::Dense) trace::halves_to_floats(rv.probs, dst, rv.n);
+    else
+      for (uint32_t i = 0; i < rv.n; ++i) dst[rv.keys[i]] = f16_to_f32(rv.probs[i]);
+  };
 
-  for (uint32_t ci = 0; ci < tr.chunks().size(); ++ci)
+  auto set_hbm = [&](uint32_t s, uint32_t j, bool on) {
+    const size_t c = static_cast<size_t>(s) * ctx + j;
+    resident[c] = on;
+    uint32_t& pc = page_count[static_cast<size_t>(s) * n_pages + j / PB];
+    if (on) {
+      ++n_res[s], units[s] += bits[c] / 16.0;
+      if (pc++ == 0) ++pages_res[s];
+    } else {
+      --n_res[s], units[s] -= bits[c] / 16.0;
+      if (--pc == 0) --pages_res[s];
+    }
+  };
+  auto append = [&](uint32_t s, uint32_t j) {
+    const size_t c = static_cast<size_t>(s) * ctx + j;
+    where[c] = policy::kHbm;
+    bits[c] = 16;
+    set_hbm(s, j, true);
+  };
+  auto view_of = [&](uint32_t step, uint32_t l, uint32_t kvh, uint32_t n, bool prefill) {
+    policy::StreamView v;
+    v.step = step;
+    v.layer = l;
+    v.kv_head = kvh;
+    v.stream = shape.stream(l, kvh);
+    v.prefill = prefill;
+    v.n = n;
+    v.page_size = B;
+    const size_t base = static_cast<size_t>(v.stream) * ctx;
+    v.resident = resident.data() + base;
+    v.where = where.data() + base;
+    v.bits = bits.data() + base;
+    v.n_resident = n_res[v.stream];
+    v.hbm_units = units[v.stream];
+    v.budget = budget[v.stream];
+    v.head_dim = hd;
+    v.group = G;
+    return v;
+  };
+  auto bad = [&](const policy::StreamView& v, const std::string& what) {
+    throw Error("sim: policy " + cfg.policy + " at step " + std::to_string(v.step) + ", layer " + std::to_string(v.layer) +
+                ", KV head " + std::to_string(v.kv_head) + ": " + what);
+  };
+  // Runs plan() on one stream and applies it: evict, offload, quantize, fetch; then checks
+  // the budget and, at page granularity, that pages moved whole.
+  auto run_plan = [&](policy::StreamView& v) {
+    plan.clear();
+    pol->plan(v, plan);
+    const uint32_t s = v.stream;
+    const size_t base = static_cast<size_t>(s) * ctx;
+    StepMetrics& m = steps[v.step];
+    for (uint32_t j : plan.evict) {
+      if (j >= v.n || where[base + j] == policy::kEvicted) bad(v, "evicted position " + std::to_string(j) + ", not cached");
+      if (where[base + j] == policy::kHbm) set_hbm(s, j, false);
+      else --n_host[s];
+      where[base + j] = policy::kEvicted;
+      ++out.evictions, ++m.evictions;
+    }
+    for (uint32_t j : plan.offload) {
+      if (j >= v.n || where[base + j] != policy::kHbm) bad(v, "offloaded position " + std::to_string(j) + ", not in HBM");
+      set_hbm(s, j, false);
+      where[base + j] = policy::kHost;
+      ++n_host[s];
+      const uint64_t b = bytes_at(bits[base + j]);
+      out.bytes_offloaded += b, m.bytes_offloaded += b, ++out.offloads;
+    }
+    for (auto [j, nb] : plan.quantize) {
+      if (j >= v.n || where[base + j] != policy::kHbm) bad(v, "quantized position " + std::to_string(j) + ", not in HBM");
+      if (!(nb == 8 || nb == 4 || nb == 2) || nb >= bits[base + j])
+        bad(v, "quantized position " + std::to_string(j) + " to " + std::to_string(nb) + " bits from " +
+                   std::to_string(bits[base + j]));
+      set_hbm(s, j, false);
+      bits[base + j] = nb;
+      set_hbm(s, j, true);
+      ++out.quantized;
+      if (with_v) {
+        if (vdq.empty()) vdq.assign(cells * hd, 0.0f);
+        quant_err += quantize_row(vcache.data() + (base + j) * hd, vdq.data() + (base + j) * hd, hd, nb);
+      }
+    }
+    for (uint32_t j : plan.fetch) {
+      if (j >= v.n || where[base + j] != policy::kHost) bad(v, "fetched position " + std::to_string(j) + ", not on host");
+      where[base + j] = policy::kHbm;
+      --n_host[s];
+      set_hbm(s, j, true);
+      const uint64_t b = bytes_at(bits[base + j]);
+      out.bytes_fetched += b, m.bytes_fetched += b, ++out.fetches;
+    }
+    if (units[s] > budget[s] + 1e-9)
+      bad(v, "left " + std::to_string(units[s]) + " entries in HBM, over its budget of " + std::to_string(budget[s]));
+    if (B > 1)
+      for (const auto* list : {&plan.evict, &plan.offload})
+        for (uint32_t j : *list)
+          if (page_count[static_cast<size_t>(s) * n_pages + j / PB] != 0)
+            bad(v, "moved position " + std::to_string(j) + " without the rest of its page of " + std::to_string(B));
+    v.n_resident = n_res[s];
+    v.hbm_units = units[s];
+  };
+
+  const size_t n_chunks = tr.chunks().size();
+  if (cfg.frames && cfg.frames->size() != n_chunks * in.n_layers)
+    throw Error("sim: pre-decoded frames do not match " + tr.path());
+  auto frame_of = [&](uint32_t ci, uint32_t l) -> const trace::LayerFrame& {
+    if (cfg.frames) return (*cfg.frames)[static_cast<size_t>(ci) * in.n_layers + l];
+    tr.read_frame(ci, l, frame);
+    return frame;
+  };
+  auto report = [&](double done) {
+    if (cfg.progress) cfg.progress(done);
+  };
+
+  // Prefill (step 0): every stream observes the prompt, then budgets are allocated, then
+  // every stream is brought within its budget.
+  for (uint32_t l = 0; l < in.n_layers; ++l) {
+    const trace::StepLayerView& sv = frame_of(0, l).steps.at(0);
+    if (sv.kind != trace::StepKind::Prefill) throw Error(tr.path() + ": step 0 is not a prefill step");
+    const uint32_t n = sv.first_pos + sv.n_queries, nw = sv.n_rows;
+    for (uint32_t kvh = 0; kvh < in.n_kv_heads; ++kvh) {
+      const uint32_t s = shape.stream(l, kvh);
+      for (uint32_t j = sv.first_pos; j < n; ++j) append(s, j);
+      for (uint32_t t = 0; t < sv.n_queries; ++t) {
+        const size_t c = static_cast<size_t>(s) * ctx + sv.first_pos + t;
+        if (with_v) trace::halves_to_floats(sv.v + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd, vcache.data() + c * hd, hd);
+        if (need_qk) trace::halves_to_floats(sv.k + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd, kcache.data() + c * hd, hd);
+      }
+      policy::StreamView v = view_of(0, l, kvh, n, true);
+      for (uint32_t g = 0; g < G; ++g) fold(agg.data(), sv.colsum + static_cast<size_t>(kvh * G + g) * sv.n_queries, n, g == 0);
+      scale(agg.data(), n);
+      for (uint32_t r = 0; r < nw; ++r) {
+        float* w = window.data() + static_cast<size_t>(r) * ctx;
+        for (uint32_t g = 0; g < G; ++g) {
+          decode_row(sv.row(r, kvh * G + g, in.n_heads), rows.data(), n);
+          fold(w, rows.data(), n, g == 0);
+        }
+        scale(w, n);
+      }
+      v.attn = agg.data();
+      v.head_attn = sv.colsum + static_cast<size_t>(kvh) * G * sv.n_queries;
+      v.head_stride = sv.n_queries;
+      v.window = nw ? window.data() : nullptr;
+      v.n_window = nw;
+      v.window_stride = ctx;
+      v.keys = need_qk ? kcache.data() + static_cast<size_t>(s) * ctx * hd : nullptr;
+      pol->observe(v);
+    }
+  }
+  {
+    std::vector<uint32_t> proposed = budget;
+    policy::Allocation a{&shape, full ? ctx : cfg.budget, in.prompt_len};
+    pol->allocate(a, proposed);
+    uint64_t before = 0, after = 0;
+    for (uint32_t s = 0; s < S; ++s) before += budget[s], after += proposed[s];
+    if (proposed.size() != S || after > before)
+      throw Error("sim: policy " + cfg.policy + " allocated " + std::to_string(after) + " entries of budget, more than the " +
+                  std::to_string(before) + " it was given");
+    for (uint32_t s = 0; s < S; ++s)
+      if (proposed[s] == 0 || proposed[s] > ctx || (B > 1 && proposed[s] < B))
+        throw Error("sim: policy " + cfg.policy + " allocated a budget of " + std::to_string(proposed[s]) + " to stream " +
+                    std::to_string(s) + " (must be at least one page and at most the context)");
+    budget = proposed;
+  }
+  for (uint32_t l = 0; l < in.n_layers; ++l)
+    for (uint32_t kvh = 0; kvh < in.n_kv_heads; ++kvh) {
+      policy::StreamView v = view_of(0, l, kvh, in.prompt_len, true);
+      run_plan(v);
+      const uint32_t s = v.stream;
+      steps[0].hbm_entries += n_res[s];
+      steps[0].hbm_bytes += static_cast<uint64_t>(std::llround(units[s] * static_cast<double>(entry_bytes)));
+      steps[0].host_entries += n_host[s];
+    }
+  report(1.0 / static_cast<double>(n_chunks + 1));
+
+  // Decode steps.
+  for (uint32_t ci = 0; ci < n_chunks; ++ci) {
     for (uint32_t l = 0; l < in.n_layers; ++l) {
-      tr.read_frame(ci, l, frame);
-      for (const trace::StepLayerView& sv : frame.steps)
+      for (const trace::StepLayerView& sv : frame_of(ci, l).steps) {
+        if (sv.kind == trace::StepKind::Prefill) continue;
+        const uint32_t n = sv.first_pos + 1, j_new = sv.first_pos;
+        StepMetrics& m = steps[sv.step];
         for (uint32_t kvh = 0; kvh < in.n_kv_heads; ++kvh) {
-          policy::StreamView v;
-          v.step = sv.step;
-          v.layer = l;
-          v.kv_head = kvh;
-          v.stream = shape.stream(l, kvh);
-          v.prefill = sv.kind == trace::StepKind::Prefill;
-          v.budget = budget;
-          uint8_t* res = resident.data() + static_cast<size_t>(v.stream) * ctx;
-          v.resident = res;
-          const uint32_t first = sv.first_pos, n = sv.first_pos + sv.n_queries;
-          for (uint32_t j = first; j < n; ++j) res[j] = 1;
-          n_res[v.stream] += sv.n_queries;
-          if (with_v)
-            for (uint32_t t = 0; t < sv.n_queries; ++t)
-              trace::halves_to_floats(sv.v + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd,
-                                      vcache.data() + (static_cast<size_t>(v.stream) * ctx + first + t) * hd, hd);
-          v.n = n;
-          v.n_resident = n_res[v.stream];
-          if (v.prefill) {
-            for (uint32_t g = 0; g < in.group; ++g)
-              fold(agg.data(), sv.colsum + static_cast<size_t>(kvh * in.group + g) * sv.n_queries, n, g == 0);
-            for (uint32_t j = 0; j < n; ++j) agg[j] *= agg_scale;
-            v.attn = agg.data();
-            pol->observe(v);
-            if (v.n_resident > budget) apply(v, v.n_resident - budget);
-            continue;
+          const uint32_t s = shape.stream(l, kvh);
+          const size_t base = static_cast<size_t>(s) * ctx;
+          append(s, j_new);
+          if (with_v) trace::halves_to_floats(sv.v + static_cast<size_t>(kvh) * hd, vcache.data() + (base + j_new) * hd, hd);
+          if (need_qk) {
+            trace::halves_to_floats(sv.k + static_cast<size_t>(kvh) * hd, kcache.data() + (base + j_new) * hd, hd);
+            for (uint32_t g = 0; g < G; ++g)
+              trace::halves_to_floats(sv.q + static_cast<size_t>(kvh * G + g) * hd, qbuf.data() + static_cast<size_t>(g) * hd, hd);
           }
-          if (v.n_resident > budget) apply(v, v.n_resident - budget);
-          for (uint32_t g = 0; g < in.group; ++g) {
-            const uint32_t h = kvh * in.group + g;
-            const trace::RowView& rv = sv.row(0, h, in.n_heads);
-            std::fill(row.begin(), row.begin() + n, 0.0f);
-            if (in.mode == trace::Mode::Dense) {
-              trace::halves_to_floats(rv.probs, row.data(), rv.n);
-            } else {
-              for (uint32_t i = 0; i < rv.n; ++i) row[rv.keys[i]] = f16_to_f32(rv.probs[i]);
-            }
-            double kept = 0;
-            for (uint32_t j = 0; j < n; ++j) kept += res[j] ? row[j] : 0.0f;
-            std::copy(row.begin(), row.begin() + n, top.begin());
-            const uint32_t b = std::min(budget, n);
-            std::nth_element(top.begin(), top.begin() + (b - 1), top.begin() + n, std::greater<float>());
+          for (uint32_t g = 0; g < G; ++g) {
+            const trace::RowView& rv = sv.row(0, kvh * G + g, in.n_heads);
+            decode_row(rv, rows.data() + static_cast<size_t>(g) * ctx, n);
+            lse[g] = rv.lse;
+          }
+          policy::StreamView v = view_of(sv.step, l, kvh, n, false);
+          if (need_future) {
+            for (uint32_t g = 0; g < G; ++g) fold(future.data(), rows.data() + static_cast<size_t>(g) * ctx, n, g == 0);
+            scale(future.data(), n);
+            v.future = future.data();
+          }
+          if (need_qk) {
+            v.q = qbuf.data();
+            v.keys = kcache.data() + base * hd;
+          }
+          run_plan(v);
+          v.q = nullptr, v.keys = nullptr, v.future = nullptr;
+          const uint8_t* res = resident.data() + base;
+          const uint32_t b_oracle = std::min(n, std::max(budget[s], n_res[s]));
+          for (uint32_t g = 0; g < G; ++g) {
+            float* row = rows.data() + static_cast<size_t>(g) * ctx;
+            const double kept = masked_sum(row, res, n);
             double best = 0;
-            for (uint32_t i = 0; i < b; ++i) best += top[i];
-            ret_l[l] += kept;
-            orc_l[l] += best;
-            rows_l[l] += 1;
-            if (with_v) {
-              const float* V = vcache.data() + static_cast<size_t>(v.stream) * ctx * hd;
+            if (cfg.bounds && b_oracle >= n) {
+              for (uint32_t j = 0; j < n; ++j) best += row[j];
+            } else if (cfg.bounds) {
+              std::copy(row, row + n, top.begin());
+              std::nth_element(top.begin(), top.begin() + (b_oracle - 1), top.begin() + n, std::greater<float>());
+              for (uint32_t i = 0; i < b_oracle; ++i) best += top[i];
+            }
+            ret_l[l] += kept, orc_l[l] += best, rows_l[l] += 1;
+            ret_h[s] += kept, rows_h[s] += 1;
+            step_ret[sv.step] += kept, step_orc[sv.step] += best, step_rows[sv.step] += 1;
+            if (with_v && cfg.output_error) {
+              const float* V = vcache.data() + base * hd;
+              const float* VQ = vdq.empty() ? nullptr : vdq.data() + base * hd;
+              const uint8_t* bt = bits.data() + base;
               std::fill(o_full.begin(), o_full.end(), 0.0);
               std::fill(o_kept.begin(), o_kept.end(), 0.0);
               double total = 0;
               for (uint32_t j = 0; j < n; ++j) {
                 if (row[j] == 0.0f) continue;
                 total += row[j];
+                const float* vj = V + static_cast<size_t>(j) * hd;
+                const float* vk = (res[j] && bt[j] < 16) ? VQ + static_cast<size_t>(j) * hd : vj;
                 for (uint32_t d = 0; d < hd; ++d) {
-                  const double x = static_cast<double>(row[j]) * V[static_cast<size_t>(j) * hd + d];
-                  o_full[d] += x;
-                  if (res[j]) o_kept[d] += x;
+                  o_full[d] += static_cast<double>(row[j]) * vj[d];
+                  if (res[j]) o_kept[d] += static_cast<double>(row[j]) * vk[d];
                 }
               }
               double num = 0, den = 0;
@@ -161,32 +536,47 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
               }
               err_l[l] += den > 0 ? std::sqrt(num / den) : 0.0;
             }
-            // What the model would compute over the resident entries: renormalised.
+            // What the model would compute over the HBM entries: renormalised.
             const float inv = kept > 0 ? static_cast<float>(1.0 / kept) : 0.0f;
-            for (uint32_t j = 0; j < n; ++j) row[j] = res[j] ? row[j] * inv : 0.0f;
-            fold(agg.data(), row.data(), n, g == 0);
+            renorm_fold(row, res, inv, agg.data(), n, g == 0, cfg.agg == Aggregation::Max);
           }
-          for (uint32_t j = 0; j < n; ++j) agg[j] *= agg_scale;
+          scale(agg.data(), n);
           v.attn = agg.data();
+          v.lse = lse.data();
+          v.head_attn = rows.data();
+          v.head_stride = ctx;
           pol->observe(v);
+          m.hbm_entries += n_res[s];
+          m.hbm_bytes += static_cast<uint64_t>(std::llround(units[s] * static_cast<double>(entry_bytes)));
+          m.host_entries += n_host[s];
+          hbm_entries_sum += n_res[s], hbm_pages_sum += pages_res[s], stream_steps += 1;
         }
+      }
     }
+    report(static_cast<double>(ci + 2) / static_cast<double>(n_chunks + 1));
+  }
 
   out.policy = cfg.policy;
+  out.kind = info.kind;
   out.params = params;
-  out.budget = budget;
+  out.budget = full ? ctx : cfg.budget;
+  out.page_size = B;
   out.steps = tr.n_steps();
   out.context = ctx;
   double rs = 0, os = 0, n = 0;
   for (uint32_t l = 0; l < in.n_layers; ++l) {
     out.retained_per_layer.push_back(rows_l[l] ? ret_l[l] / rows_l[l] : 1.0);
     out.oracle_per_layer.push_back(rows_l[l] ? orc_l[l] / rows_l[l] : 1.0);
-    rs += ret_l[l];
-    os += orc_l[l];
-    n += rows_l[l];
+    std::vector<double> heads;
+    for (uint32_t h = 0; h < in.n_kv_heads; ++h) {
+      const uint32_t s = shape.stream(l, h);
+      heads.push_back(rows_h[s] ? ret_h[s] / rows_h[s] : 1.0);
+    }
+    out.retained_per_head.push_back(heads);
+    rs += ret_l[l], os += orc_l[l], n += rows_l[l];
   }
-  out.has_output_error = with_v;
-  if (with_v) {
+  out.has_output_error = with_v && cfg.output_error;
+  if (out.has_output_error) {
     double es = 0;
     for (uint32_t l = 0; l < in.n_layers; ++l) {
       out.output_rel_l2_per_layer.push_back(rows_l[l] ? err_l[l] / rows_l[l] : 0.0);
@@ -197,6 +587,15 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
   out.rows = static_cast<uint64_t>(n);
   out.retained_mass = n ? rs / n : 1.0;
   out.oracle_topk_mass = n ? os / n : 1.0;
+  out.quant_rel_l2 = out.quantized && with_v ? quant_err / static_cast<double>(out.quantized) : 0.0;
+  out.mean_hbm_entries = stream_steps ? hbm_entries_sum / stream_steps : 0.0;
+  out.mean_hbm_pages = stream_steps ? hbm_pages_sum / stream_steps : 0.0;
+  for (uint32_t s = 0; s < tr.n_steps(); ++s) {
+    steps[s].retained_mass = step_rows[s] ? step_ret[s] / step_rows[s] : 1.0;
+    steps[s].oracle_topk_mass = step_rows[s] ? step_orc[s] / step_rows[s] : 1.0;
+    out.peak_hbm_bytes = std::max(out.peak_hbm_bytes, steps[s].hbm_bytes);
+  }
+  if (cfg.per_step) out.per_step = std::move(steps);
   return out;
 }
 

@@ -13,60 +13,18 @@
 #include "policies/registry.h"
 #include "sim/replay.h"
 #include "traces/reader.h"
+#include "tests/cpp/sim_helpers.h"
 
 using namespace kvscope;
 namespace fs = std::filesystem;
 
-namespace {
-
-std::string default_trace() { return std::string(KVSCOPE_SOURCE_DIR) + "/traces/stories260K-short-prompt.kvt"; }
-
-sim::ReplayResult run(const trace::TraceReader& tr, const std::string& policy, uint32_t budget,
-                      nlohmann::json params = nlohmann::json::object()) {
-  sim::ReplayConfig c;
-  c.policy = policy;
-  c.budget = budget;
-  c.params = std::move(params);
-  return sim::replay(tr, c);
-}
-
-// Dense row of query head h at a decode step, as floats.
-std::vector<float> dense_row(const trace::StepLayerView& sv, uint32_t h, uint32_t H) {
-  const trace::RowView& r = sv.row(0, h, H);
-  std::vector<float> v(r.n);
-  trace::halves_to_floats(r.probs, v.data(), r.n);
-  return v;
-}
-
-// Mean over decode rows of the mass on the positions `keep(qpos)` says are resident.
-double closed_form(const trace::TraceReader& tr, const std::function<bool(uint32_t pos, uint32_t qpos)>& keep) {
-  const auto& in = tr.info();
-  trace::LayerFrame f;
-  double sum = 0, rows = 0;
-  for (uint32_t ci = 0; ci < tr.chunks().size(); ++ci)
-    for (uint32_t l = 0; l < in.n_layers; ++l) {
-      tr.read_frame(ci, l, f);
-      for (const auto& sv : f.steps) {
-        if (sv.kind == trace::StepKind::Prefill) continue;
-        for (uint32_t h = 0; h < in.n_heads; ++h) {
-          const auto row = dense_row(sv, h, in.n_heads);
-          double m = 0;
-          for (uint32_t j = 0; j < row.size(); ++j) m += keep(j, sv.first_pos) ? row[j] : 0.0f;
-          sum += m;
-          rows += 1;
-        }
-      }
-    }
-  return sum / rows;
-}
-
-}  // namespace
+using namespace kvscope::testing;
 
 TEST(PolicyRegistry, EveryPolicyFileIsRegistered) {
   std::set<std::string> files;
   for (auto& e : fs::directory_iterator(std::string(KVSCOPE_SOURCE_DIR) + "/policies")) {
     const std::string stem = e.path().stem().string();
-    if (e.path().extension() == ".cpp" && stem != "policy" && stem != "registry") files.insert(stem);
+    if (e.path().extension() == ".cpp" && stem != "policy" && stem != "registry") files.insert(stem);  // helpers live in headers
   }
   std::set<std::string> names;
   for (const auto& p : policy::registry()) names.insert(p.name);
