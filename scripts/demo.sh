@@ -25,8 +25,6 @@ for t in traces/stories260K-short-prompt.kvt traces/stories260K-long-prompt.kvt;
   $KV trace-info "$t"
   echo
 done
-echo "== replay: retained attention mass vs the oracle-topk bound (entries per layer and KV head) =="
-printf "%-14s %8s %14s %14s %12s %12s\n" policy budget "retained mass" oracle-topk evictions "output L2"
-for p in window streamingllm h2o tova; do
-  $KV sim -t traces/stories260K-short-prompt.kvt -p "$p" -b 32 -b 128 | tail -n +2
-done
+echo "== replay: every policy on the default trace (sim/specs/default.json) =="
+$KV sim -q --spec sim/specs/default.json --csv /tmp/kvscope-default-sim.csv
+echo "(CSV with every metric: /tmp/kvscope-default-sim.csv)"
