@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
+#include "kernels/cpu/simd.h"
 #include "kernels/io/error.h"
 
 namespace kvscope::policy {
@@ -105,6 +107,43 @@ void evict_range(const StreamView& v, uint32_t begin, uint32_t end, uint32_t k, 
   }
 }
 
+uint32_t argmin_resident(const float* score, const uint8_t* resident, uint32_t n) {
+  // Pass 1: the smallest score among resident entries (vectorised); pass 2: the first
+  // resident position holding it — the same answer as a scalar scan, ties to the lower.
+  float m = std::numeric_limits<float>::infinity();
+  uint32_t j = 0;
+#ifdef KVSCOPE_AVX2
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  __m256 vm = inf;
+  for (; j + 8 <= n; j += 8) {
+    const __m256i r8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(resident + j)));
+    const __m256 on = _mm256_castsi256_ps(_mm256_cmpgt_epi32(r8, _mm256_setzero_si256()));
+    vm = _mm256_min_ps(vm, _mm256_blendv_ps(inf, _mm256_loadu_ps(score + j), on));
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vm);
+  for (float x : lanes) m = std::min(m, x);
+#endif
+  for (; j < n; ++j)
+    if (resident[j]) m = std::min(m, score[j]);
+  j = 0;
+#ifdef KVSCOPE_AVX2
+  const __m256 vmin = _mm256_set1_ps(m);
+  for (; j + 8 <= n; j += 8) {
+    const __m256i r8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(resident + j)));
+    const __m256 on = _mm256_castsi256_ps(_mm256_cmpgt_epi32(r8, _mm256_setzero_si256()));
+    const int hit = _mm256_movemask_ps(_mm256_and_ps(on, _mm256_cmp_ps(_mm256_loadu_ps(score + j), vmin, _CMP_EQ_OQ)));
+    if (hit) return j + static_cast<uint32_t>(__builtin_ctz(static_cast<unsigned>(hit)));
+  }
+#endif
+  for (; j < n; ++j)
+    if (resident[j] && score[j] == m) return j;
+  // Only NaN scores or no resident entry get here: fall back to the first resident one.
+  for (j = 0; j < n; ++j)
+    if (resident[j]) return j;
+  return UINT32_MAX;
+}
+
 void evict_lowest_outside_recent(const StreamView& v, uint32_t k, double recent_ratio, const float* score,
                                  std::vector<uint8_t>& protect, std::vector<uint32_t>& scratch, Plan& plan) {
   const uint32_t recent = static_cast<uint32_t>(std::lround(recent_ratio * v.budget));
@@ -112,11 +151,8 @@ void evict_lowest_outside_recent(const StreamView& v, uint32_t k, double recent_
   uint32_t cut = v.n;
   for (uint32_t kept = 0; cut > 0 && kept < recent;)
     if (v.resident[--cut]) ++kept;
-  if (k == 1 && v.page_size <= 1) {  // the common decode case: one pass, no scratch
-    uint32_t best = UINT32_MAX;
-    float best_score = 0;
-    for (uint32_t j = 0; j < cut; ++j)
-      if (v.resident[j] && (best == UINT32_MAX || score[j] < best_score)) best = j, best_score = score[j];
+  if (k == 1 && v.page_size <= 1) {  // the common decode case: no scratch, no sort
+    const uint32_t best = argmin_resident(score, v.resident, cut);
     if (best == UINT32_MAX) throw Error("policy: asked for 1 victim among 0 evictable entries");
     plan.evict.push_back(best);
     return;

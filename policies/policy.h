@@ -164,6 +164,9 @@ nlohmann::json validate_params(const std::vector<ParamSpec>& specs, const nlohma
 void lowest_k(const float* score, const uint8_t* resident, uint32_t n, uint32_t k, const uint8_t* protect,
               std::vector<uint32_t>& out, std::vector<uint32_t>& scratch, uint32_t page_size = 1);
 
+// The first resident position among 0..n-1 with the smallest score; UINT32_MAX if none.
+uint32_t argmin_resident(const float* score, const uint8_t* resident, uint32_t n);
+
 // Protects the most recent round(recent_ratio * budget) resident entries, then appends the
 // k lowest-scored of the others to plan.evict (lowest_k, page-aware). `protect` has room
 // for v.n.
