@@ -6,11 +6,17 @@ namespace kvscope::policy {
 namespace {
 class Window final : public Policy {
  public:
-  void reset(const Shape&) override {}
+  void reset(const Shape& s) override { oldest_.assign(s.streams(), 0); }
   void victims(const StreamView& v, uint32_t k, Plan& plan) override {
+    // Everything below oldest_ was evicted by this policy: start the scan there.
     uint32_t taken = 0;
-    evict_range(v, 0, v.n, k, plan, taken);
+    const size_t first = plan.evict.size();
+    evict_range(v, oldest_[v.stream], v.n, k, plan, taken);
+    if (plan.evict.size() > first) oldest_[v.stream] = plan.evict.back() + 1;
   }
+
+ private:
+  std::vector<uint32_t> oldest_;  // per stream: no resident entry below it
 };
 }  // namespace
 

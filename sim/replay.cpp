@@ -111,6 +111,31 @@ double masked_sum(const float* x, const uint8_t* res, uint32_t n) {
   return total;
 }
 
+// masked_sum() fused with the fp16 -> fp32 conversion of the row (stored to dst).
+double decode_masked_sum(const uint16_t* h, float* dst, const uint8_t* res, uint32_t n) {
+  uint32_t j = 0;
+  double total = 0;
+#ifdef KVSCOPE_AVX2
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  for (; j + 8 <= n; j += 8) {
+    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j)));
+    _mm256_storeu_ps(dst + j, x);
+    const __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(res + j)));
+    const __m256 v = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_cmpgt_epi32(m8, _mm256_setzero_si256())));
+    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(a0, a1));
+  total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+#endif
+  for (; j < n; ++j) {
+    dst[j] = f16_to_f32(h[j]);
+    total += res[j] ? static_cast<double>(dst[j]) : 0.0;
+  }
+  return total;
+}
+
 // row_j <- res_j ? row_j * inv : 0, and fold the result into agg (copy, sum or max).
 void renorm_fold(float* row, const uint8_t* res, float inv, float* agg, uint32_t n, bool first, bool max) {
   uint32_t j = 0;
@@ -478,9 +503,12 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
             for (uint32_t g = 0; g < G; ++g)
               trace::halves_to_floats(sv.q + static_cast<size_t>(kvh * G + g) * hd, qbuf.data() + static_cast<size_t>(g) * hd, hd);
           }
+          // Rows are decoded before the plan only when the policy reads this step's
+          // attention there (offline bounds); otherwise decoding is fused with the
+          // retained-mass sum below.
           for (uint32_t g = 0; g < G; ++g) {
             const trace::RowView& rv = sv.row(0, kvh * G + g, in.n_heads);
-            decode_row(rv, rows.data() + static_cast<size_t>(g) * ctx, n);
+            if (need_future) decode_row(rv, rows.data() + static_cast<size_t>(g) * ctx, n);
             lse[g] = rv.lse;
           }
           policy::StreamView v = view_of(sv.step, l, kvh, n, false);
@@ -499,7 +527,14 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
           const uint32_t b_oracle = std::min(n, std::max(budget[s], n_res[s]));
           for (uint32_t g = 0; g < G; ++g) {
             float* row = rows.data() + static_cast<size_t>(g) * ctx;
-            const double kept = masked_sum(row, res, n);
+            double kept;
+            const trace::RowView& rv = sv.row(0, kvh * G + g, in.n_heads);
+            if (!need_future && in.mode == trace::Mode::Dense && rv.n == n) {
+              kept = decode_masked_sum(rv.probs, row, res, n);
+            } else {
+              if (!need_future) decode_row(rv, row, n);
+              kept = masked_sum(row, res, n);
+            }
             double best = 0;
             if (cfg.bounds && b_oracle >= n) {
               for (uint32_t j = 0; j < n; ++j) best += row[j];
