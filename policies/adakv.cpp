@@ -19,13 +19,11 @@
 namespace kvscope::policy {
 
 namespace {
-class AdaKv final : public Policy {
+class AdaKv final : public sel::SnapKvFamily {
  public:
-  AdaKv(uint32_t window, uint32_t kernel, bool avg, double alpha)
-      : window_(window), kernel_(kernel), avg_(avg), alpha_(alpha) {}
+  AdaKv(uint32_t window, uint32_t kernel, bool avg, double alpha) : SnapKvFamily(window, kernel, avg), alpha_(alpha) {}
   void reset(const Shape& s) override {
-    shape_ = s;
-    sel_.reset(s);
+    SnapKvFamily::reset(s);
     pooled_.assign(static_cast<size_t>(s.n_kv_heads) * s.max_tokens, 0.0f);
     cand_.clear();
     cand_.reserve(static_cast<size_t>(s.n_kv_heads) * s.max_tokens);
@@ -33,15 +31,8 @@ class AdaKv final : public Policy {
     ideal_.assign(s.n_kv_heads, 0.0);
     head_.assign(s.n_kv_heads, 0);
   }
-  void observe(const StreamView& v) override {
-    if (v.prefill) sel_.observe_votes(v, window_);
-  }
   void allocate(const Allocation& a, std::vector<uint32_t>& budgets) override {
-    uint64_t given = 0;
-    for (uint32_t b : budgets) given += b;
-    const uint32_t S = shape_.streams(), H = shape_.n_kv_heads, ctx = shape_.max_tokens;
-    const uint32_t B = static_cast<uint32_t>(std::min<uint64_t>(a.budget, given / S));
-    sel_.set_run_window(window_, B);
+    const uint32_t B = start_allocation(a, budgets), H = shape_.n_kv_heads, ctx = shape_.max_tokens;
     const uint32_t r = std::min(sel_.run_window(), B), b = B - r;
     const uint32_t m = a.prompt_len > r ? a.prompt_len - r : 0;
     for (uint32_t l = 0; l < shape_.n_layers; ++l) {
@@ -68,24 +59,12 @@ class AdaKv final : public Policy {
       for (uint32_t h = 0; h < H; ++h) budgets[shape_.stream(l, h)] = head_[h];
     }
   }
-  void plan(const StreamView& v, Plan& plan) override {
-    if (v.prefill) {
-      sel_.select(v, sel_.window_for(v, window_), kernel_, avg_, plan);
-    } else if (v.hbm_units > v.budget) {
-      sel_.fifo_victims(v, static_cast<uint32_t>(std::ceil(v.hbm_units - v.budget)), plan);
-    }
-  }
-
  private:
   struct Cand {
     float s;
     uint32_t h, j;
   };
-  uint32_t window_, kernel_;
-  bool avg_;
   double alpha_;
-  Shape shape_;
-  sel::Selection sel_;
   std::vector<float> pooled_;
   std::vector<Cand> cand_;
   std::vector<uint32_t> count_, head_;
@@ -95,10 +74,7 @@ class AdaKv final : public Policy {
 
 PolicyInfo adakv_info() {
   return {"adakv", "prefill", "per-layer budget shared across KV heads by their top SnapKV scores (floor alpha)",
-          {{"window", 32, 1, 1 << 20, true, "observation window: last prompt queries that vote (capped by the trace's window rows)"},
-           {"kernel", 7, 1, 1025, true, "pooling kernel size over positions"},
-           {"avg_pool", 0, 0, 1, true, "1: average pooling, 0: max pooling"},
-           {"alpha", 0.2, 0.0, 1.0, false, "safeguard: share of each head's uniform budget it keeps whatever its scores"}},
+          sel::snapkv_params({{"alpha", 0.2, 0.0, 1.0, false, "safeguard: share of each head's uniform budget it keeps whatever its scores"}}),
           [](const nlohmann::json& p) -> std::unique_ptr<Policy> {
             return std::make_unique<AdaKv>(p["window"].get<uint32_t>(), p["kernel"].get<uint32_t>(),
                                            p["avg_pool"].get<uint32_t>() != 0, p["alpha"].get<double>());

@@ -16,25 +16,16 @@
 namespace kvscope::policy {
 
 namespace {
-class PyramidKv final : public Policy {
+class PyramidKv final : public sel::SnapKvFamily {
  public:
-  PyramidKv(uint32_t window, uint32_t kernel, bool avg, uint32_t beta)
-      : window_(window), kernel_(kernel), avg_(avg), beta_(beta) {}
+  PyramidKv(uint32_t window, uint32_t kernel, bool avg, uint32_t beta) : SnapKvFamily(window, kernel, avg), beta_(beta) {}
   void reset(const Shape& s) override {
-    shape_ = s;
-    sel_.reset(s);
+    SnapKvFamily::reset(s);
     ideal_.assign(s.n_layers, 0.0);
     layer_.assign(s.n_layers, 0);
   }
-  void observe(const StreamView& v) override {
-    if (v.prefill) sel_.observe_votes(v, window_);
-  }
   void allocate(const Allocation& a, std::vector<uint32_t>& budgets) override {
-    uint64_t given = 0;
-    for (uint32_t b : budgets) given += b;
-    const uint32_t S = shape_.streams(), L = shape_.n_layers, H = shape_.n_kv_heads;
-    const uint32_t B = static_cast<uint32_t>(std::min<uint64_t>(a.budget, given / S));
-    sel_.set_run_window(window_, B);
+    const uint32_t B = start_allocation(a, budgets), L = shape_.n_layers, H = shape_.n_kv_heads;
     const uint32_t r = sel_.run_window(), ctx = shape_.max_tokens;
     const int64_t b = static_cast<int64_t>(B) - std::min<int64_t>(r, B);
     int64_t lo = b / beta_, hi = 2 * b - lo;
@@ -48,20 +39,8 @@ class PyramidKv final : public Policy {
     for (uint32_t l = 0; l < L; ++l)
       for (uint32_t h = 0; h < H; ++h) budgets[shape_.stream(l, h)] = layer_[l];
   }
-  void plan(const StreamView& v, Plan& plan) override {
-    if (v.prefill) {
-      sel_.select(v, sel_.window_for(v, window_), kernel_, avg_, plan);
-    } else if (v.hbm_units > v.budget) {
-      sel_.fifo_victims(v, static_cast<uint32_t>(std::ceil(v.hbm_units - v.budget)), plan);
-    }
-  }
-
  private:
-  uint32_t window_, kernel_;
-  bool avg_;
   uint32_t beta_;
-  Shape shape_;
-  sel::Selection sel_;
   std::vector<double> ideal_;
   std::vector<uint32_t> layer_;
 };
@@ -69,10 +48,7 @@ class PyramidKv final : public Policy {
 
 PolicyInfo pyramidkv_info() {
   return {"pyramidkv", "prefill", "layer budgets shrinking with depth (arithmetic), SnapKV selection per layer",
-          {{"window", 32, 1, 1 << 20, true, "observation window: last prompt queries that vote (capped by the trace's window rows)"},
-           {"kernel", 7, 1, 1025, true, "pooling kernel size over positions"},
-           {"avg_pool", 0, 0, 1, true, "1: average pooling, 0: max pooling"},
-           {"beta", 20, 1, 1 << 20, true, "the last layer gets (budget - window) / beta"}},
+          sel::snapkv_params({{"beta", 20, 1, 1 << 20, true, "the last layer gets (budget - window) / beta"}}),
           [](const nlohmann::json& p) -> std::unique_ptr<Policy> {
             return std::make_unique<PyramidKv>(p["window"].get<uint32_t>(), p["kernel"].get<uint32_t>(),
                                                p["avg_pool"].get<uint32_t>() != 0, p["beta"].get<uint32_t>());

@@ -202,4 +202,52 @@ class Selection {
   std::vector<uint32_t> scratch_;
 };
 
+// SnapKV and the policies that put a budget allocation on top of it (PyramidKV, Ada-KV):
+// prefill votes from the observation window, pooled selection at the prefill, FIFO of the
+// unpinned entries after. Subclasses add allocate().
+class SnapKvFamily : public Policy {
+ public:
+  SnapKvFamily(uint32_t window, uint32_t kernel, bool avg) : window_(window), kernel_(kernel), avg_(avg) {}
+  void reset(const Shape& s) override {
+    shape_ = s;
+    sel_.reset(s);
+  }
+  void observe(const StreamView& v) override {
+    if (v.prefill) sel_.observe_votes(v, window_);
+  }
+  void plan(const StreamView& v, Plan& plan) override {
+    if (v.prefill) {
+      sel_.select(v, sel_.window_for(v, window_), kernel_, avg_, plan);
+    } else if (v.hbm_units > v.budget) {
+      sel_.fifo_victims(v, static_cast<uint32_t>(std::ceil(v.hbm_units - v.budget)), plan);
+    }
+  }
+
+ protected:
+  // The uniform budget an allocation starts from: the run's, lowered to the mean of the
+  // given per-stream budgets when that is smaller; sets the run's observation window.
+  uint32_t start_allocation(const Allocation& a, const std::vector<uint32_t>& budgets) {
+    uint64_t given = 0;
+    for (uint32_t b : budgets) given += b;
+    const uint32_t B = static_cast<uint32_t>(std::min<uint64_t>(a.budget, given / shape_.streams()));
+    sel_.set_run_window(window_, B);
+    return B;
+  }
+
+  uint32_t window_, kernel_;
+  bool avg_;
+  Shape shape_;
+  Selection sel_;
+};
+
+// The parameters every SnapKV-family policy takes, followed by `extra`.
+inline std::vector<ParamSpec> snapkv_params(std::vector<ParamSpec> extra = {}) {
+  std::vector<ParamSpec> p = {
+      {"window", 32, 1, 1 << 20, true, "observation window: last prompt queries that vote (capped by the trace's window rows)"},
+      {"kernel", 7, 1, 1025, true, "pooling kernel size over positions"},
+      {"avg_pool", 0, 0, 1, true, "1: average pooling, 0: max pooling"}};
+  p.insert(p.end(), extra.begin(), extra.end());
+  return p;
+}
+
 }  // namespace kvscope::policy::sel
