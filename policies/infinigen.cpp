@@ -56,12 +56,7 @@ class InfiniGen final : public Policy {
 
   void plan(const StreamView& v, Plan& plan) override {
     const uint32_t n = v.n, units = (n + P_ - 1) / P_, K = v.budget / P_;
-    std::fill(keep_.begin(), keep_.begin() + units, 0);
-    if (K >= units) {
-      std::fill(keep_.begin(), keep_.begin() + units, 1);
-    } else if (v.prefill) {
-      std::fill(keep_.begin() + (units - K), keep_.begin() + units, 1);
-    } else {
+    if (!keep_without_scores(v, units, K, keep_.data())) {
       if (!v.q || !v.keys) throw Error("infinigen: plan() at a decode step without the step's queries and keys");
       speculate(v);
       if (P_ > 1) {  // pages: summed speculated attention, into approx_[page]
@@ -73,20 +68,10 @@ class InfiniGen final : public Policy {
         std::copy(logit_.begin(), logit_.begin() + units, approx_.begin());
       }
       const uint32_t forced = keep_newest_ ? 1 : 0;
-      order_.clear();
-      for (uint32_t u = 0; u + forced < units; ++u) order_.push_back(u);
-      const double* A = approx_.data();
-      auto higher = [A](uint32_t a, uint32_t b) { return A[a] > A[b] || (A[a] == A[b] && a < b); };
-      const uint32_t take = K - forced;
-      if (take > 0) std::nth_element(order_.begin(), order_.begin() + (take - 1), order_.end(), higher);
-      for (uint32_t i = 0; i < take; ++i) keep_[order_[i]] = 1;
+      keep_top(approx_.data(), units - forced, K - forced, order_, keep_.data());
       if (forced) keep_[units - 1] = 1;
     }
-    for (uint32_t j = 0; j < n; ++j) {
-      const bool keep = keep_[j / P_] != 0;
-      if (keep && v.where[j] == kHost) plan.fetch.push_back(j);
-      else if (!keep && v.where[j] == kHbm) plan.offload.push_back(j);
-    }
+    move_to_keep_set(v, keep_.data(), P_, plan);
   }
 
  private:

@@ -30,12 +30,7 @@ class OracleTopk final : public Policy {
 
   void plan(const StreamView& v, Plan& plan) override {
     const uint32_t n = v.n, units = (n + P_ - 1) / P_, K = v.budget / P_;
-    std::fill(keep_.begin(), keep_.begin() + units, 0);
-    if (K >= units) {
-      std::fill(keep_.begin(), keep_.begin() + units, 1);
-    } else if (v.prefill) {
-      std::fill(keep_.begin() + (units - K), keep_.begin() + units, 1);
-    } else {
+    if (!keep_without_scores(v, units, K, keep_.data())) {
       if (!v.future) throw Error("oracle-topk: plan() at a decode step without the step's attention (future)");
       const float* a = v.future;
       if (P_ > 1) {
@@ -46,17 +41,9 @@ class OracleTopk final : public Policy {
         }
         a = score_.data();
       }
-      order_.clear();
-      for (uint32_t u = 0; u < units; ++u) order_.push_back(u);
-      auto higher = [a](uint32_t x, uint32_t y) { return a[x] > a[y] || (a[x] == a[y] && x < y); };
-      std::nth_element(order_.begin(), order_.begin() + (K - 1), order_.end(), higher);
-      for (uint32_t i = 0; i < K; ++i) keep_[order_[i]] = 1;
+      keep_top(a, units, K, order_, keep_.data());
     }
-    for (uint32_t j = 0; j < n; ++j) {
-      const bool keep = keep_[j / P_] != 0;
-      if (keep && v.where[j] == kHost) plan.fetch.push_back(j);
-      else if (!keep && v.where[j] == kHbm) plan.offload.push_back(j);
-    }
+    move_to_keep_set(v, keep_.data(), P_, plan);
   }
 
  private:

@@ -144,6 +144,27 @@ uint32_t argmin_resident(const float* score, const uint8_t* resident, uint32_t n
   return UINT32_MAX;
 }
 
+bool keep_without_scores(const StreamView& v, uint32_t units, uint32_t K, uint8_t* keep) {
+  std::fill(keep, keep + units, 0);
+  if (K >= units) {
+    std::fill(keep, keep + units, 1);
+    return true;
+  }
+  if (v.prefill) {
+    std::fill(keep + (units - K), keep + units, 1);
+    return true;
+  }
+  return false;
+}
+
+void move_to_keep_set(const StreamView& v, const uint8_t* keep, uint32_t unit, Plan& plan) {
+  for (uint32_t j = 0; j < v.n; ++j) {
+    const bool k = keep[j / unit] != 0;
+    if (k && v.where[j] == kHost) plan.fetch.push_back(j);
+    else if (!k && v.where[j] == kHbm) plan.offload.push_back(j);
+  }
+}
+
 void evict_lowest_outside_recent(const StreamView& v, uint32_t k, double recent_ratio, const float* score,
                                  std::vector<uint8_t>& protect, std::vector<uint32_t>& scratch, Plan& plan) {
   const uint32_t recent = static_cast<uint32_t>(std::lround(recent_ratio * v.budget));

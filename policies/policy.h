@@ -23,6 +23,7 @@
 //      really computed), aggregated over the KV head's group of query heads.
 // Policies keep per-stream state in flat arrays indexed by position (struct of arrays):
 // no allocation and no virtual call per token.
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -177,6 +178,29 @@ void evict_lowest_outside_recent(const StreamView& v, uint32_t k, double recent_
 // `taken` reaches k; at page granularity each chosen position brings its whole page.
 // Used by the order-based baselines (window, StreamingLLM).
 void evict_range(const StreamView& v, uint32_t begin, uint32_t end, uint32_t k, Plan& plan, uint32_t& taken);
+
+// Reversible selection (the offload policies quest, infinigen, oracle-topk). Units are
+// positions (unit 1) or pages of `unit` positions; keep[u] says whether unit u is held in
+// HBM this step.
+// Sets keep[0..units) when the choice needs no score — all units when the budget holds
+// K >= units of them, the newest K at the prefill — and returns true; otherwise clears
+// keep and returns false.
+bool keep_without_scores(const StreamView& v, uint32_t units, uint32_t K, uint8_t* keep);
+// keep[u] = 1 for the `take` units among 0..candidates-1 with the highest score (ties: the
+// lower unit).
+template <class T>
+void keep_top(const T* score, uint32_t candidates, uint32_t take, std::vector<uint32_t>& order, uint8_t* keep) {
+  order.clear();
+  for (uint32_t u = 0; u < candidates; ++u) order.push_back(u);
+  take = std::min(take, candidates);
+  if (take == 0) return;
+  auto higher = [score](uint32_t a, uint32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); };
+  std::nth_element(order.begin(), order.begin() + (take - 1), order.end(), higher);
+  for (uint32_t i = 0; i < take; ++i) keep[order[i]] = 1;
+}
+// Appends the moves that make HBM hold exactly the kept units' entries: fetch the kept
+// ones on the host, offload the others in HBM (evicted entries stay evicted).
+void move_to_keep_set(const StreamView& v, const uint8_t* keep, uint32_t unit, Plan& plan);
 
 // Score-based eviction shared by H2O (lambda = 1) and A2SF: S_j <- lambda * S_j + a_j at
 // every observed step; the most recent round(recent_ratio * budget) resident entries are

@@ -54,24 +54,14 @@ class Quest final : public Policy {
       return;
     }
     const uint32_t K = v.budget / P_;
-    std::fill(keep_.begin(), keep_.begin() + np, 0);
-    if (K >= np) {
-      std::fill(keep_.begin(), keep_.begin() + np, 1);
-    } else if (v.prefill) {
-      std::fill(keep_.begin() + (np - K), keep_.begin() + np, 1);
-    } else {
+    if (!keep_without_scores(v, np, K, keep_.data())) {
       if (!v.q || !v.keys) throw Error("quest: plan() at a decode step without the step's queries and keys");
       fold_keys(v);
       score_pages(v, np);
-      order_.clear();
-      for (uint32_t p = 0; p + 1 < np; ++p) order_.push_back(p);
-      const double* U = bound_.data();
-      auto higher = [U](uint32_t a, uint32_t b) { return U[a] > U[b] || (U[a] == U[b] && a < b); };
-      std::nth_element(order_.begin(), order_.begin() + (K - 1), order_.end(), higher);
-      for (uint32_t i = 0; i + 1 < K; ++i) keep_[order_[i]] = 1;
+      keep_top(bound_.data(), np - 1, K - 1, order_, keep_.data());  // the newest page always
       keep_[np - 1] = 1;
     }
-    for (uint32_t j = 0; j < n; ++j) move(v, j, keep_[j / P_] != 0, plan);
+    move_to_keep_set(v, keep_.data(), P_, plan);
   }
 
  private:
