@@ -89,39 +89,26 @@ double quantize_row(const float* v, float* dq, uint32_t d, uint32_t bits) {
   return den > 0 ? std::sqrt(num / den) : 0.0;
 }
 
-// sum_j [res_j] x_j in double over eight interleaved partial sums: branch-free so that it
-// vectorises. Attention rows come from fp16 values (multiples of 2^-24, at most 1), whose
-// double sums are exact in any order, so the result does not depend on the order.
-double masked_sum(const float* x, const uint8_t* res, uint32_t n) {
+// sum_j [res_j] x_j in double, branch-free so that it vectorises. Attention rows come from
+// fp16 values (multiples of 2^-24, at most 1), whose double sums are exact in any order,
+// so the result does not depend on the order. kFromHalves: x is first converted from the
+// fp16 row h in the same pass (and stored).
+template <bool kFromHalves>
+double masked_sum_pass(const uint16_t* h, float* x, const uint8_t* res, uint32_t n) {
   uint32_t j = 0;
   double total = 0;
 #ifdef KVSCOPE_AVX2
   __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
   for (; j + 8 <= n; j += 8) {
+    __m256 xv;
+    if constexpr (kFromHalves) {
+      xv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j)));
+      _mm256_storeu_ps(x + j, xv);
+    } else {
+      xv = _mm256_loadu_ps(x + j);
+    }
     const __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(res + j)));
-    const __m256 v = _mm256_and_ps(_mm256_loadu_ps(x + j), _mm256_castsi256_ps(_mm256_cmpgt_epi32(m8, _mm256_setzero_si256())));
-    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-  }
-  alignas(32) double lanes[4];
-  _mm256_store_pd(lanes, _mm256_add_pd(a0, a1));
-  total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-#endif
-  for (; j < n; ++j) total += res[j] ? static_cast<double>(x[j]) : 0.0;
-  return total;
-}
-
-// masked_sum() fused with the fp16 -> fp32 conversion of the row (stored to dst).
-double decode_masked_sum(const uint16_t* h, float* dst, const uint8_t* res, uint32_t n) {
-  uint32_t j = 0;
-  double total = 0;
-#ifdef KVSCOPE_AVX2
-  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
-  for (; j + 8 <= n; j += 8) {
-    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + j)));
-    _mm256_storeu_ps(dst + j, x);
-    const __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(res + j)));
-    const __m256 v = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_cmpgt_epi32(m8, _mm256_setzero_si256())));
+    const __m256 v = _mm256_and_ps(xv, _mm256_castsi256_ps(_mm256_cmpgt_epi32(m8, _mm256_setzero_si256())));
     a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
     a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
   }
@@ -130,10 +117,18 @@ double decode_masked_sum(const uint16_t* h, float* dst, const uint8_t* res, uint
   total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
 #endif
   for (; j < n; ++j) {
-    dst[j] = f16_to_f32(h[j]);
-    total += res[j] ? static_cast<double>(dst[j]) : 0.0;
+    if constexpr (kFromHalves) x[j] = f16_to_f32(h[j]);
+    total += res[j] ? static_cast<double>(x[j]) : 0.0;
   }
   return total;
+}
+
+double masked_sum(const float* x, const uint8_t* res, uint32_t n) {
+  return masked_sum_pass<false>(nullptr, const_cast<float*>(x), res, n);
+}
+// masked_sum() fused with the fp16 -> fp32 conversion of the row (stored to dst).
+double decode_masked_sum(const uint16_t* h, float* dst, const uint8_t* res, uint32_t n) {
+  return masked_sum_pass<true>(h, dst, res, n);
 }
 
 // row_j <- res_j ? row_j * inv : 0, and fold the result into agg (copy, sum or max).
