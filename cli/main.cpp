@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   kvscope::cli::add_sim_commands(app);
   kvscope::cli::add_export_commands(app);
   kvscope::cli::add_synth_commands(app);
+  kvscope::cli::add_hw_commands(app);
+  kvscope::cli::add_calibrate_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
