@@ -51,6 +51,11 @@ def show_replay(title, r):
         share = 1 - x["t_in_memory"] / x["t_end_to_end"]
         print(f"   {x['policy']:<12} {x['budget']:>6} {x['page_size']:>4} {x['entries_per_s_in_memory']:>20.3e} "
               f"{x['entries_per_s_end_to_end']:>12.3e} {share:>11.0%} {x['decoded_bytes_per_s_in_memory'] / memcpy_bps:>17.1%}")
+    for x in r["runs"]:
+        if x.get("t_in_memory_timed", -1) > 0:
+            print(f"   timing added to {x['policy']} B={x['budget']} (as llama3-8b on h100-sxm): "
+                  f"{x['t_in_memory_timed'] / x['t_in_memory']:.3f}x the plain replay's time "
+                  f"(+{x['t_in_memory_timed'] / x['t_in_memory'] - 1:.1%})")
     if "scaling" in r:
         s = r["scaling"]
         print(f"   two policies ({' + '.join(s['policies'])}): sequential {s['t_sequential']:.3f} s, two threads "

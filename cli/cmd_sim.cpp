@@ -12,10 +12,12 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/timing_options.h"
 #include "kernels/io/error.h"
 #include "kernels/io/mapped_file.h"
 #include "policies/registry.h"
 #include "sim/replay.h"
+#include "sim/timing.h"
 #include "traces/reader.h"
 
 namespace kvscope::cli {
@@ -110,6 +112,13 @@ void add_sim_commands(CLI::App& app) {
     c->add_option("--csv", csv, "Also write the results as CSV");
     c->add_option("--per-step", per_step_csv, "Also write per-step metrics of every run as CSV");
     c->add_flag("--quiet,-q", quiet, "No progress bar");
+    static std::string hw_name, as = "trace";
+    static std::vector<std::string> sets;
+    static bool coalesce = false;
+    c->add_option("--hw", hw_name, "Also time every run on this hardware preset or JSON file (docs/hardware.md)");
+    c->add_option("--set", sets, "With --hw: override a hardware key=value (repeatable)");
+    c->add_option("--as", as, "With --hw: time the trace as this model shape (llama3-8b, ...; default: the traced model)");
+    c->add_flag("--coalesce", coalesce, "With --hw: adjacent pages moved in one step are one copy");
     static std::string page_stream;
     c->add_option("--page-stream", page_stream, "Replay a cache policy on a libCacheSim oracleGeneral file (with --param capacity=N)");
     c->callback([] {
@@ -192,17 +201,7 @@ void add_sim_commands(CLI::App& app) {
       } else {
         if (policy.empty() || (budgets.empty() && layer_budgets.empty() && head_budgets.empty()))
           throw Error("sim: give --policy and --budget (or --spec)");
-        json p = json::object();
-        for (const auto& kv : params) {
-          const auto eq = kv.find('=');
-          if (eq == std::string::npos || eq == 0) throw Error("--param '" + kv + "': expected key=value");
-          const std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
-          try {
-            p[k] = json::parse(v);
-          } catch (const json::exception&) {
-            throw Error("--param " + k + ": '" + v + "' is not a number");
-          }
-        }
+        const json p = parse_policy_params(params);
         if (budgets.empty()) {  // overrides only: the run's nominal budget is their largest value
           const auto v = parse_list(!head_budgets.empty() ? head_budgets : layer_budgets, "--layer-budgets");
           budgets.push_back(*std::max_element(v.begin(), v.end()));
@@ -228,12 +227,15 @@ void add_sim_commands(CLI::App& app) {
         return cfg;
       };
       for (const Run& run : runs) sim::validate(tr, config(run));  // every run checked before the first starts
+      const bool timed = !hw_name.empty();
+      const hw::Hardware hardware = timed ? load_hardware(hw_name, sets) : hw::Hardware{};
+      if (timed) sim::shape_by_name(as, tr);
       const bool synthetic = tr.info().synthetic;
       json results = json::array();
       if (!as_json) {
         if (synthetic) std::printf("note: %s is a SYNTHETIC trace (kvscope synth), not a model run\n", trace_path.c_str());
-        std::printf("%-14s %7s %5s %10s %10s %10s %10s %11s %11s %10s\n", "policy", "budget", "page", "retained", "oracle",
-                    "evictions", "fetched MB", "peak HBM MB", "mean HBM", "output L2");
+        std::printf("%-14s %7s %5s %10s %10s %10s %10s %11s %11s %10s%s\n", "policy", "budget", "page", "retained", "oracle",
+                    "evictions", "fetched MB", "peak HBM MB", "mean HBM", "output L2", timed ? "    TPOT ms" : "");
       }
       Progress bar(!quiet && !as_json);
       std::vector<sim::ReplayResult> all;
@@ -242,19 +244,30 @@ void add_sim_commands(CLI::App& app) {
         sim::ReplayConfig cfg = config(run);
         const std::string label = run.policy + " B=" + std::to_string(run.budget);
         cfg.progress = [&](double d) { bar.update(label, (static_cast<double>(i) + d) / static_cast<double>(runs.size())); };
-        sim::ReplayResult r = sim::replay(tr, cfg);
+        json timing;
+        sim::ReplayResult r;
+        if (timed) {
+          TimedReplay t = timed_replay(tr, cfg, as, coalesce);
+          timing = timing_json(hardware, t);
+          r = std::move(t.result);
+          if (per_step_csv.empty()) r.per_step.clear();
+        } else {
+          r = sim::replay(tr, cfg);
+        }
         bar.done();
         json j = r.to_json();
+        if (timed) j["timing"] = timing;
         j["trace"] = trace_path;
         j["aggregation"] = agg;
         j["synthetic"] = synthetic;
         if (!per_step_csv.empty()) j.erase("per_step");
         results.push_back(j);
         if (!as_json)
-          std::printf("%-14s %7u %5u %10.6f %10.6f %10llu %10.3f %11.3f %11.1f %10s\n", run.policy.c_str(), r.budget, r.page_size,
+          std::printf("%-14s %7u %5u %10.6f %10.6f %10llu %10.3f %11.3f %11.1f %10s%s\n", run.policy.c_str(), r.budget, r.page_size,
                       r.retained_mass, r.oracle_topk_mass, static_cast<unsigned long long>(r.evictions), r.bytes_fetched / 1e6,
                       r.peak_hbm_bytes / 1e6, r.mean_hbm_entries,
-                      r.has_output_error ? std::to_string(r.output_rel_l2).c_str() : "-");
+                      r.has_output_error ? std::to_string(r.output_rel_l2).c_str() : "-",
+                      timed ? ("   " + std::to_string(timing["tpot"].get<double>() * 1e3)).c_str() : "");
         if (!per_step_csv.empty()) all.push_back(std::move(r));
       }
       if (as_json) std::cout << results.dump(1) << "\n";

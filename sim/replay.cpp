@@ -219,6 +219,11 @@ json validate(const trace::TraceReader& tr, const ReplayConfig& cfg) {
   if (!cfg.stream_budgets.empty() && cfg.stream_budgets.size() != static_cast<size_t>(in.n_layers) * in.n_kv_heads)
     throw Error(who + "head budgets: " + std::to_string(cfg.stream_budgets.size()) + " values for " +
                 std::to_string(in.n_layers * in.n_kv_heads) + " (layer, KV head) streams");
+  if (!cfg.stream_weights.empty() && cfg.stream_weights.size() != static_cast<size_t>(in.n_layers) * in.n_kv_heads)
+    throw Error(who + "stream weights: " + std::to_string(cfg.stream_weights.size()) + " values for " +
+                std::to_string(in.n_layers * in.n_kv_heads) + " (layer, KV head) streams");
+  for (double w : cfg.stream_weights)
+    if (!(w >= 0)) throw Error(who + "stream weights must be >= 0");
   for (uint32_t b : cfg.layer_budgets)
     if (b == 0 || b > ctx) throw Error(who + "layer budget " + std::to_string(b) + " outside 1.." + std::to_string(ctx));
   for (uint32_t b : cfg.stream_budgets)
@@ -267,6 +272,23 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
   std::vector<uint32_t> page_count(static_cast<size_t>(S) * n_pages, 0), pages_res(S, 0);
   const uint64_t entry_bytes = 2ull * hd * 2;  // K and V at 16 bits
   auto bytes_at = [&](uint8_t b) { return entry_bytes * b / 16; };
+  auto weight = [&](uint32_t s) { return cfg.stream_weights.empty() ? 1.0 : cfg.stream_weights[s]; };
+  // Copies a list of moved positions takes: distinct pages (entries at page size 1) and
+  // runs of adjacent ones.
+  std::vector<uint32_t> moved;
+  auto count_moves = [&](const std::vector<uint32_t>& pos, double w, double& pages, double& runs) {
+    if (pos.empty()) return;
+    moved.assign(pos.begin(), pos.end());
+    for (uint32_t& j : moved) j /= B;
+    std::sort(moved.begin(), moved.end());
+    uint32_t n_pages_moved = 0, n_runs = 0;
+    for (size_t i = 0; i < moved.size(); ++i) {
+      if (i > 0 && moved[i] == moved[i - 1]) continue;
+      ++n_pages_moved;
+      if (i == 0 || moved[i] != moved[i - 1] + 1) ++n_runs;
+    }
+    pages += w * n_pages_moved, runs += w * n_runs;
+  };
 
   const bool with_v = in.with_qkv, need_qk = info.needs & policy::kNeedsQK, need_future = info.needs & policy::kNeedsFuture;
   std::vector<float> vcache(with_v ? cells * hd : 0), vdq, kcache(need_qk ? cells * hd : 0), qbuf(need_qk ? G * hd : 0);
@@ -374,7 +396,9 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
       ++n_host[s];
       const uint64_t b = bytes_at(bits[base + j]);
       out.bytes_offloaded += b, m.bytes_offloaded += b, ++out.offloads;
+      m.t_offload_units += weight(s) * bits[base + j] / 16.0;
     }
+    count_moves(plan.offload, weight(s), m.t_offload_pages, m.t_offload_runs);
     for (auto [j, nb] : plan.quantize) {
       if (j >= v.n || where[base + j] != policy::kHbm) bad(v, "quantized position " + std::to_string(j) + ", not in HBM");
       if (!(nb == 8 || nb == 4 || nb == 2) || nb >= bits[base + j])
@@ -396,7 +420,9 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
       set_hbm(s, j, true);
       const uint64_t b = bytes_at(bits[base + j]);
       out.bytes_fetched += b, m.bytes_fetched += b, ++out.fetches;
+      m.t_fetch_units += weight(s) * bits[base + j] / 16.0;
     }
+    count_moves(plan.fetch, weight(s), m.t_fetch_pages, m.t_fetch_runs);
     if (units[s] > budget[s] + 1e-9)
       bad(v, "left " + std::to_string(units[s]) + " entries in HBM, over its budget of " + std::to_string(budget[s]));
     if (B > 1)
@@ -478,6 +504,7 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
       steps[0].hbm_entries += n_res[s];
       steps[0].hbm_bytes += static_cast<uint64_t>(std::llround(units[s] * static_cast<double>(entry_bytes)));
       steps[0].host_entries += n_host[s];
+      steps[0].t_entries += weight(s) * n_res[s], steps[0].t_units += weight(s) * units[s];
     }
   report(1.0 / static_cast<double>(n_chunks + 1));
 
@@ -579,6 +606,7 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
           m.hbm_entries += n_res[s];
           m.hbm_bytes += static_cast<uint64_t>(std::llround(units[s] * static_cast<double>(entry_bytes)));
           m.host_entries += n_host[s];
+          m.t_entries += weight(s) * n_res[s], m.t_units += weight(s) * units[s];
           hbm_entries_sum += n_res[s], hbm_pages_sum += pages_res[s], stream_steps += 1;
         }
       }

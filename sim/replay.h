@@ -33,6 +33,9 @@ struct ReplayConfig {
   // each frame from the file as the replay reaches it.
   const std::vector<trace::LayerFrame>* frames = nullptr;
   std::function<void(double done)> progress;  // called with the share done, 0..1
+  // Timing (sim/timing.h): how many streams of the timed model each traced stream stands
+  // for, [layer * n_kv_heads + kv_head]; empty: one each. Weighs the StepMetrics t_* sums.
+  std::vector<double> stream_weights;
 };
 
 struct StepMetrics {
@@ -40,6 +43,13 @@ struct StepMetrics {
   double retained_mass = 0, oracle_topk_mass = 0;  // means over the step's rows
   uint64_t hbm_entries = 0, hbm_bytes = 0, host_entries = 0;
   uint64_t bytes_fetched = 0, bytes_offloaded = 0, evictions = 0;
+  // Timing inputs, summed over streams with ReplayConfig::stream_weights: entries and
+  // 16-bit units in HBM after the step's plan (what attention reads), units moved, and the
+  // copies they take: one per page (per entry at page size 1), or one per run of adjacent
+  // pages when contiguous moves are coalesced.
+  double t_entries = 0, t_units = 0;
+  double t_fetch_units = 0, t_fetch_pages = 0, t_fetch_runs = 0;
+  double t_offload_units = 0, t_offload_pages = 0, t_offload_runs = 0;
 };
 
 struct ReplayResult {
