@@ -9,7 +9,8 @@ void add_trace_commands(CLI::App& app);  // trace, trace-info, trace-dump
 void add_sim_commands(CLI::App& app);    // sim, policies
 void add_export_commands(CLI::App& app); // export (page-access streams for libCacheSim)
 void add_synth_commands(CLI::App& app);  // synth (synthetic traces at real scale)
-void add_hw_commands(CLI::App& app);     // hw (presets), whatif, batch (hardware models, docs/hardware.md)
+void add_hw_commands(CLI::App& app);     // hw (presets), whatif (hardware models, docs/hardware.md)
+void add_batch_commands(CLI::App& app);  // batch (concurrent requests: allocation, admission, preemption)
 void add_calibrate_commands(CLI::App& app);  // calibrate (measured figures for the hardware model)
 
 }  // namespace kvscope::cli

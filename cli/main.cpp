@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   kvscope::cli::add_export_commands(app);
   kvscope::cli::add_synth_commands(app);
   kvscope::cli::add_hw_commands(app);
+  kvscope::cli::add_batch_commands(app);
   kvscope::cli::add_calibrate_commands(app);
   try {
     app.parse(argc, argv);
