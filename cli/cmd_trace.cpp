@@ -5,7 +5,10 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,6 +22,10 @@
 #include "kernels/model/model.h"
 #include "traces/reader.h"
 #include "traces/writer.h"
+#ifdef KVSCOPE_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/runtime.h"
+#endif
 
 namespace kvscope::cli {
 
@@ -84,6 +91,21 @@ std::vector<float> to_floats(const uint16_t* p, size_t n) {
 
 }  // namespace
 
+// "cpu", "cuda" or "auto" -> the device to run on. `cuda` without a usable GPU (or in a
+// build without the CUDA path) is an error that says which; `auto` falls back to cpu.
+std::string resolve_device(const std::string& requested, const std::string& who) {
+  if (requested == "cpu") return "cpu";
+#ifdef KVSCOPE_HAVE_CUDA
+  std::string why;
+  if (!cuda::list_devices(&why).empty()) return "cuda";
+  if (requested == "auto") return "cpu";
+  throw Error(who + ": --device cuda: no CUDA device (" + why + "); use --device cpu or --device auto");
+#else
+  if (requested == "auto") return "cpu";
+  throw Error(who + ": --device cuda: this build has no CUDA path (nvcc was not found at configure time); use --device cpu");
+#endif
+}
+
 void add_trace_commands(CLI::App& app) {
   // ---- trace ----------------------------------------------------------------
   {
@@ -94,7 +116,8 @@ void add_trace_commands(CLI::App& app) {
     static trace::CaptureSettings cs;
     static float temperature = 0.0f, top_p = 0.9f;
     static uint64_t seed = 42;
-    static std::string device = "cpu";
+    static std::string device = "cpu", timing_json, gpu_weights = "f16";
+    static bool no_trace = false;
     c->add_option("--model,-m", model, "Model: llama2.c .bin, .gguf, or Hugging Face folder")->required();
     c->add_option("--tokenizer", tokenizer, "llama2.c tokenizer (default: beside the model)");
     c->add_option("--prompt-file", prompt_file, "Prompt text file")->check(CLI::ExistingFile);
@@ -116,11 +139,16 @@ void add_trace_commands(CLI::App& app) {
     c->add_flag("--ignore-eos", ignore_eos, "Keep generating past EOS (fills the context)");
     c->add_flag("--no-special", literal, "Treat control tokens in the prompt as plain text");
     c->add_option("--threads,-t", threads, "CPU threads (0: all cores); results do not depend on it")->check(CLI::NonNegativeNumber);
-    c->add_option("--device", device, "cpu (cuda: when built with CUDA and a GPU is present)")->check(CLI::IsMember({"cpu", "cuda"}));
+    c->add_option("--device", device, "cpu (default), cuda (needs a CUDA build and a GPU), auto (cuda when present)")
+        ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+    c->add_option("--gpu-weights", gpu_weights, "CUDA path: 16-bit weight type, f16 (default) or bf16")->check(CLI::IsMember({"f16", "bf16"}));
+    c->add_flag("--no-trace", no_trace, "Run the same steps without capturing (timing baseline); --out is then optional");
+    c->add_option("--timing-json", timing_json, "Write run timings (tokens/s, seconds) to this JSON file");
     c->add_flag("--quiet,-q", quiet, "No progress bar");
-    c->add_option("--out,-o", out, "Output trace file (.kvt)")->required();
+    c->add_option("--out,-o", out, "Output trace file (.kvt); required unless --no-trace");
     c->callback([] {
-      if (device != "cpu") throw Error("trace: --device cuda is not available yet in this build; use --device cpu");
+      if (out.empty() && !no_trace) throw CLI::RequiredError("--out");
+      const std::string dev = resolve_device(device, "trace");
       cs.mode = topk > 0 ? trace::Mode::TopK : trace::Mode::Dense;
       cs.topk = topk;
       cs.with_qkv = with_qkv;
@@ -130,48 +158,113 @@ void add_trace_commands(CLI::App& app) {
       const bool bos = m.tokenizer.add_bos_default() || m.config.format == "llama2c";
       const std::vector<int32_t> ids = m.tokenizer.encode(text, bos, !literal);
       if (ids.empty()) throw Error("trace: the prompt encodes to no tokens");
-      cpu::Runtime rt(m, {.threads = threads});
-      const int ctx = rt.kv().max_tokens();
+      // One driver for both runtimes: `fwd` runs tokens, `ordered` runs a writer call in
+      // order with the attention records (at once on the CPU; on the CUDA path, on the
+      // emission thread after the records of the steps before it), `drain` waits for them.
+      std::unique_ptr<cpu::Runtime> cpu_rt;
+      std::function<std::span<const float>(std::span<const int32_t>)> fwd;
+      std::function<void(std::function<void()>)> ordered = [](std::function<void()> f) { f(); };
+      std::function<void()> drain = [] {};
+      std::function<double()> emit_wait = [] { return 0.0; };
+      std::string gpu_name;
+      int ctx = 0;
+#ifdef KVSCOPE_HAVE_CUDA
+      std::unique_ptr<cuda::Runtime> gpu_rt;
+#endif
+      if (dev == "cpu") {
+        cpu_rt = std::make_unique<cpu::Runtime>(m, cpu::RuntimeOptions{.threads = threads});
+        ctx = cpu_rt->kv().max_tokens();
+        fwd = [&](std::span<const int32_t> t) { return cpu_rt->forward(t); };
+      } else {
+#ifdef KVSCOPE_HAVE_CUDA
+        cuda::RuntimeOptions go;
+        go.weights = gpu_weights == "bf16" ? cuda::HalfType::BF16 : cuda::HalfType::F16;
+        gpu_rt = std::make_unique<cuda::Runtime>(m, go);
+        ctx = gpu_rt->kv().max_tokens();
+        gpu_name = gpu_rt->device_name();
+        fwd = [&](std::span<const int32_t> t) { return gpu_rt->forward(t); };
+        ordered = [&](std::function<void()> f) { gpu_rt->post(std::move(f)); };
+        drain = [&] { gpu_rt->drain(); };
+        emit_wait = [&] { return gpu_rt->emit_wait_seconds(); };
+#endif
+      }
       const int P = static_cast<int>(ids.size());
       if (P > ctx) throw Error("trace: prompt has " + std::to_string(P) + " tokens, more than the context of " + std::to_string(ctx));
       const int steps = std::min(max_new, ctx - P + 1);
-      const json extra = {{"device", device},
-                          {"max_new_tokens", max_new},
-                          {"temperature", temperature},
-                          {"top_p", top_p},
-                          {"seed", seed},
-                          {"ignore_eos", ignore_eos},
-                          {"prompt_file", prompt_file.empty() ? "" : fs::path(prompt_file).filename().string()},
-                          {"model_file", fs::path(model).filename().string()}};
-      trace::TraceWriter w(out, trace::TraceWriter::make_header(m, ids, cs, extra), m.config, cs);
-      rt.set_observer(&w);
+      json extra = {{"device", dev},
+                    {"max_new_tokens", max_new},
+                    {"temperature", temperature},
+                    {"top_p", top_p},
+                    {"seed", seed},
+                    {"ignore_eos", ignore_eos},
+                    {"prompt_file", prompt_file.empty() ? "" : fs::path(prompt_file).filename().string()},
+                    {"model_file", fs::path(model).filename().string()}};
+      if (dev == "cuda") {
+        extra["gpu"] = gpu_name;
+        extra["gpu_weights"] = gpu_weights;
+      }
+      std::unique_ptr<trace::TraceWriter> w;
+      if (!no_trace) {
+        w = std::make_unique<trace::TraceWriter>(out, trace::TraceWriter::make_header(m, ids, cs, extra), m.config, cs);
+        if (cpu_rt) cpu_rt->set_observer(w.get());
+#ifdef KVSCOPE_HAVE_CUDA
+        // Prefill: the writer stores the last prefill_window rows in full and only the
+        // column sums of the others; the GPU computes those sums itself.
+        trace::TraceWriter* wp = w.get();
+        if (gpu_rt)
+          gpu_rt->set_observer(wp, {.full_rows = cs.prefill_window,
+                                    .add_colsum = [wp](int l, int h, std::span<const double> sums) { wp->add_prefill_colsum(l, h, sums); },
+                                    .records_for_kv = cs.with_qkv});
+#endif
+      }
+      trace::TraceWriter* wp = w.get();
       cpu::Sampler sampler(temperature, top_p, seed);
       Progress bar(steps, !quiet && ::isatty(2));
       using clk = std::chrono::steady_clock;
       const auto t0 = clk::now();
-      w.begin_step(0, trace::StepKind::Prefill, P, 0, -1);
-      auto logits = rt.prefill(ids);
-      w.end_step();
+      if (wp) ordered([wp, P] { wp->begin_step(0, trace::StepKind::Prefill, P, 0, -1); });
+      auto logits = fwd(ids);
+      if (wp) ordered([wp] { wp->end_step(); });
       const auto t1 = clk::now();
       bar.update(1);
       int done = 1;
       for (int s = 1; s < steps; ++s) {
         const int32_t next = sampler.sample(logits);
         if (!ignore_eos && (next == m.tokenizer.eos() || (m.config.format == "llama2c" && next == m.tokenizer.bos()))) break;
-        w.begin_step(s, trace::StepKind::Decode, 1, P + s - 1, next);
-        logits = rt.decode(next);
-        w.end_step();
+        if (wp) ordered([wp, s, P, next] { wp->begin_step(s, trace::StepKind::Decode, 1, P + s - 1, next); });
+        logits = fwd({&next, 1});
+        if (wp) ordered([wp] { wp->end_step(); });
         bar.update(++done);
       }
       const auto t2 = clk::now();
-      w.finish();
+      drain();
+      if (wp) wp->finish();
       bar.done();
       const double secs = std::chrono::duration<double>(clk::now() - t0).count();
       const double pre_s = std::chrono::duration<double>(t1 - t0).count(), dec_s = std::chrono::duration<double>(t2 - t1).count();
+      const unsigned long long bytes = wp ? static_cast<unsigned long long>(wp->bytes_written()) : 0ull;
       std::fprintf(stderr,
-                   "wrote %s: %d steps (prompt %d tokens, context %d), %llu bytes, %.2f s; prefill %.1f tok/s, decode %.1f tok/s\n",
-                   out.c_str(), done, P, P + done - 1, static_cast<unsigned long long>(w.bytes_written()), secs,
-                   P / std::max(pre_s, 1e-9), (done - 1) / std::max(dec_s, 1e-9));
+                   "%s%s: %d steps (prompt %d tokens, context %d), %llu bytes, %.2f s; prefill %.1f tok/s, decode %.1f tok/s%s\n",
+                   wp ? "wrote " : "ran (no trace)", wp ? out.c_str() : "", done, P, P + done - 1, bytes, secs, P / std::max(pre_s, 1e-9),
+                   (done - 1) / std::max(dec_s, 1e-9), dev == "cuda" ? (" [cuda: " + gpu_name + "]").c_str() : "");
+      if (!timing_json.empty()) {
+        const json tj = {{"device", dev},
+                         {"gpu", gpu_name},
+                         {"traced", wp != nullptr},
+                         {"prompt_tokens", P},
+                         {"steps", done},
+                         {"prefill_s", pre_s},
+                         {"decode_s", dec_s},
+                         {"total_s", secs},
+                         {"prefill_tok_s", P / std::max(pre_s, 1e-9)},
+                         {"decode_tok_s", (done - 1) / std::max(dec_s, 1e-9)},
+                         {"tok_s", (P + done - 1) / std::max(secs, 1e-9)},
+                         {"emit_wait_s", emit_wait()},
+                         {"bytes", bytes}};
+        std::ofstream f(timing_json);
+        if (!f) throw Error(timing_json + ": cannot create");
+        f << tj.dump(1) << "\n";
+      }
     });
   }
   // ---- trace-info -----------------------------------------------------------

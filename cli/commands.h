@@ -12,5 +12,6 @@ void add_synth_commands(CLI::App& app);  // synth (synthetic traces at real scal
 void add_hw_commands(CLI::App& app);     // hw (presets), whatif (hardware models, docs/hardware.md)
 void add_batch_commands(CLI::App& app);  // batch (concurrent requests: allocation, admission, preemption)
 void add_calibrate_commands(CLI::App& app);  // calibrate (measured figures for the hardware model)
+void add_gpu_commands(CLI::App& app);  // gpu-bench (CUDA path measurements; says so in builds without CUDA)
 
 }  // namespace kvscope::cli

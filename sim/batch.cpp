@@ -53,8 +53,8 @@ RequestProfile profile_trace(const trace::TraceReader& tr, const std::string& na
 hw::StepLoad prefill_load(const RequestProfile& p, uint32_t n) {
   const hw::StepLoad& s0 = p.loads.at(0);
   const double P = p.prompt_tokens, N = n;
-  // A tiled prefill reads every K/V row once per tile of query rows (sim/timing.cpp: 128).
-  constexpr double kTile = 128;
+  // A tiled prefill reads every K/V row once per tile of query rows.
+  constexpr double kTile = kPrefillTileRows;
   hw::StepLoad s;
   s.prefill = true;
   s.tokens = N;

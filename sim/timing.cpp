@@ -10,9 +10,6 @@ namespace kvscope::sim {
 
 namespace {
 
-// Query rows per prefill attention tile: a tiled kernel reads every K/V row once per tile.
-constexpr double kPrefillTileRows = 128;
-
 int field(const nlohmann::json& model, const char* key, const std::string& file) {
   if (!model.contains(key) || !model[key].is_number_integer())
     throw Error(file + ": the trace header's model has no integer '" + key + "' (needed for timing)");

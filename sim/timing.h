@@ -24,6 +24,10 @@ hw::ModelShape shape_of_trace(const trace::TraceReader& tr);
 // "trace" for shape_of_trace. Throws Error listing the names.
 hw::ModelShape shape_by_name(const std::string& name, const trace::TraceReader& tr);
 
+// Query rows per prefill attention tile: a tiled prefill kernel reads every K/V row once
+// per tile, so a prefill of P tokens reads P * ceil(P / kPrefillTileRows) entries.
+inline constexpr double kPrefillTileRows = 128;
+
 // w[s] for s = layer * n_kv_heads + kv_head: how many target streams traced stream s stands for.
 std::vector<double> stream_weights(const trace::TraceInfo& traced, const hw::ModelShape& target);
 
