@@ -45,7 +45,7 @@ bool same_geometry(const hw::ModelShape& a, const hw::ModelShape& b) {
 
 struct Options {
   std::vector<std::string> traces, params, sets, allocs, alloc_params;
-  std::string policy, hw = "h100-sxm", as = "trace", preempt = "swap", kv_memory, json_out;
+  std::string policy, hw = "h100-sxm", as = "trace", preempt = "swap", kv_memory, json_out, calibration;
   uint32_t repeat = 1, budget = 0, page_size = 1, block_size = 16, max_batch = 0;
   double rate = 0;
   uint64_t seed = 1;
@@ -92,7 +92,7 @@ void run(const Options& o) {
     if (!known) throw Error("--alloc-param." + it.key() + ": unknown parameter of the chosen allocation policies (" + lists + ")");
   }
 
-  const hw::Hardware hw = load_hardware(o.hw, o.sets);
+  const hw::Hardware hw = load_hardware(o.hw, o.sets, o.calibration);
 
   sim::ReplayConfig cfg;
   cfg.policy = o.policy;
@@ -199,6 +199,7 @@ void add_batch_commands(CLI::App& app) {
   c->add_option("--budget,-b", o.budget, "Eviction budget: HBM entries per (layer, KV head) (ignored by full)");
   c->add_option("--page-size", o.page_size, "Eviction granularity: 1 (token) or whole pages of B positions");
   c->add_option("--hw", o.hw, "Hardware preset or JSON file (default h100-sxm; see `kvscope hw`)");
+  c->add_option("--calibration", o.calibration, "Apply a calibration file's measured figures (kvscope calibrate)");
   c->add_option("--set", o.sets, "Hardware override key=value (repeatable)");
   c->add_option("--as", o.as, "Model shape to time (llama3-8b, ...; default: the traced model)");
   c->add_option("--alloc", o.allocs, "Allocation policy (repeatable: one result row each; default paged; --list-alloc)");

@@ -60,10 +60,11 @@ std::vector<Sweep> parse_sweeps(const std::vector<std::string>& specs) {
 void add_hw_commands(CLI::App& app) {
   {
     auto* c = app.add_subcommand("hw", "List hardware presets, the model's keys, or show one description");
-    static std::string show;
+    static std::string show, calibration;
     static std::vector<std::string> sets;
     static bool keys = false;
-    c->add_option("--show", show, "Print this preset or JSON file (after --set) as JSON");
+    c->add_option("--show", show, "Print this preset or JSON file (after --calibration and --set) as JSON");
+    c->add_option("--calibration", calibration, "Apply a calibration file's measured figures (kvscope calibrate)");
     c->add_option("--set", sets, "Override key=value (repeatable)");
     c->add_flag("--keys", keys, "List every key with its unit, range and meaning");
     c->callback([] {
@@ -72,12 +73,12 @@ void add_hw_commands(CLI::App& app) {
         if (!sets.empty()) throw Error("hw: --set needs --show NAME");
         return print_presets();
       }
-      std::cout << load_hardware(show, sets).to_json().dump(1) << "\n";
+      std::cout << load_hardware(show, sets, calibration).to_json().dump(1) << "\n";
     });
   }
   {
     auto* c = app.add_subcommand("whatif", "Step timing of a policy's replay on a hardware model, against swept hardware figures");
-    static std::string trace_path, policy, hw_name = "h100-sxm", as = "trace", csv, json_out;
+    static std::string trace_path, policy, hw_name = "h100-sxm", as = "trace", csv, json_out, calibration;
     static std::vector<std::string> params, sets, sweeps;
     static uint32_t budget = 0, page_size = 1;
     static bool coalesce = false, as_json = false;
@@ -87,6 +88,7 @@ void add_hw_commands(CLI::App& app) {
     c->add_option("--budget,-b", budget, "HBM entries per (layer, KV head) (any value for full)");
     c->add_option("--page-size", page_size, "1: token granularity; B: whole pages of B positions");
     c->add_option("--hw", hw_name, "Hardware preset or JSON file (kvscope hw)");
+    c->add_option("--calibration", calibration, "Apply a calibration file's measured figures (kvscope calibrate)");
     c->add_option("--set", sets, "Override a hardware key=value (repeatable)");
     c->add_option("--sweep", sweeps, "key=lo:hi:n, key=lo:hi:n:log or key=v1,v2,...; several give a grid");
     c->add_option("--as", as, "Time the trace as this model shape (llama3-8b, llama3-70b, ...; default: the traced model)");
@@ -95,7 +97,7 @@ void add_hw_commands(CLI::App& app) {
     c->add_option("--out,-o", json_out, "Also write the results as JSON");
     c->add_flag("--json", as_json, "Print JSON instead of the table");
     c->callback([] {
-      const hw::Hardware base = load_hardware(hw_name, sets);
+      const hw::Hardware base = load_hardware(hw_name, sets, calibration);
       const std::vector<Sweep> grid = parse_sweeps(sweeps);
       trace::TraceReader tr(trace_path);
       if (!tr.damage().empty() && !tr.complete()) throw Error(tr.damage());

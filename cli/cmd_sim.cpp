@@ -112,10 +112,11 @@ void add_sim_commands(CLI::App& app) {
     c->add_option("--csv", csv, "Also write the results as CSV");
     c->add_option("--per-step", per_step_csv, "Also write per-step metrics of every run as CSV");
     c->add_flag("--quiet,-q", quiet, "No progress bar");
-    static std::string hw_name, as = "trace";
+    static std::string hw_name, as = "trace", calibration;
     static std::vector<std::string> sets;
     static bool coalesce = false;
     c->add_option("--hw", hw_name, "Also time every run on this hardware preset or JSON file (docs/hardware.md)");
+    c->add_option("--calibration", calibration, "With --hw: apply a calibration file's measured figures");
     c->add_option("--set", sets, "With --hw: override a hardware key=value (repeatable)");
     c->add_option("--as", as, "With --hw: time the trace as this model shape (llama3-8b, ...; default: the traced model)");
     c->add_flag("--coalesce", coalesce, "With --hw: adjacent pages moved in one step are one copy");
@@ -228,7 +229,7 @@ void add_sim_commands(CLI::App& app) {
       };
       for (const Run& run : runs) sim::validate(tr, config(run));  // every run checked before the first starts
       const bool timed = !hw_name.empty();
-      const hw::Hardware hardware = timed ? load_hardware(hw_name, sets) : hw::Hardware{};
+      const hw::Hardware hardware = timed ? load_hardware(hw_name, sets, calibration) : hw::Hardware{};
       if (timed) sim::shape_by_name(as, tr);
       const bool synthetic = tr.info().synthetic;
       json results = json::array();

@@ -23,8 +23,10 @@ json parse_policy_params(const std::vector<std::string>& params) {
   return p;
 }
 
-hw::Hardware load_hardware(const std::string& name_or_path, const std::vector<std::string>& sets) {
+hw::Hardware load_hardware(const std::string& name_or_path, const std::vector<std::string>& sets,
+                           const std::string& calibration) {
   hw::Hardware h = hw::load(name_or_path);
+  if (!calibration.empty()) hw::apply_calibration(h, calibration);
   for (const auto& s : sets) h.set(s);
   h.validate();
   return h;

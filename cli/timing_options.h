@@ -15,8 +15,9 @@ namespace kvscope::cli {
 // --param key=value (repeatable) into a JSON object of numbers; throws Error naming the option.
 nlohmann::json parse_policy_params(const std::vector<std::string>& params);
 
-// --hw NAME|FILE plus --set key=value overrides, validated.
-hw::Hardware load_hardware(const std::string& name_or_path, const std::vector<std::string>& sets);
+// --hw NAME|FILE, then --calibration FILE (measured figures), then --set key=value, validated.
+hw::Hardware load_hardware(const std::string& name_or_path, const std::vector<std::string>& sets,
+                           const std::string& calibration = "");
 
 // Everything needed to time one replay on a hardware model as a target shape.
 struct TimedReplay {

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "hwmodels/calibration.h"
 #include "kernels/io/error.h"
 
 namespace kvscope::hw {
@@ -181,9 +182,17 @@ Hardware from_json(const json& j, const std::string& where) {
     if (!j["base"].is_string()) throw Error(where + ": 'base' must be a preset name");
     h = preset(j["base"].get<std::string>());
   }
+  if (j.contains("calibration")) {
+    // Measured figures (kvscope calibrate) over the base; a relative path is relative to
+    // the description's own folder. Groups below still override them.
+    if (!j["calibration"].is_string()) throw Error(where + ": 'calibration' must be the path of a calibration file");
+    std::filesystem::path cal = j["calibration"].get<std::string>();
+    if (cal.is_relative()) cal = std::filesystem::path(where).parent_path() / cal;
+    apply_calibration(h, cal.string());
+  }
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& group = it.key();
-    if (group == "base") continue;
+    if (group == "base" || group == "calibration") continue;
     if (group == "name" || group == "description") {
       if (!it->is_string()) throw Error(where + ": '" + group + "' must be a string");
       (group == "name" ? h.name : h.description) = it->get<std::string>();
@@ -239,6 +248,18 @@ Hardware load(const std::string& name_or_path) {
     throw Error(name_or_path + ": not valid JSON: " + e.what());
   }
   return from_json(j, name_or_path);
+}
+
+void apply_calibration(Hardware& h, const std::string& path) {
+  const json cal = load_calibration(path);
+  for (const auto& [key, value] : calibration_overrides(cal)) {
+    try {
+      h.set(key, value);
+    } catch (const Error& e) {
+      throw Error(path + ": " + e.what());
+    }
+    h.sources[key] = "measured: " + path + " (" + cal.value("date", std::string("undated")) + ")";
+  }
 }
 
 std::vector<double> parse_sweep(const std::string& spec, const std::string& key) {

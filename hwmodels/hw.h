@@ -7,8 +7,9 @@
 // files, `--set key=value`, `--sweep key=lo:hi:n` and calibration overrides, so an unknown
 // key or an out-of-range value is refused in one place, naming the key.
 //
-// JSON form: {"name": ..., "base": "h100-sxm", "gpu": {"hbm_bandwidth": 3.35e12, ...}, ...}.
-// "base" (optional) starts from a preset; every other group overrides its keys. Figures are
+// JSON form: {"name": ..., "base": "h100-sxm", "calibration": "file.json",
+// "gpu": {"hbm_bandwidth": 3.35e12, ...}, ...}. "base" (optional) starts from a preset,
+// "calibration" (optional) applies measured figures, every other group overrides its keys. Figures are
 // SI: bytes, bytes per second (one direction for links), seconds, flop/s.
 #include <map>
 #include <span>
@@ -89,6 +90,10 @@ Hardware preset(const std::string& name);  // throws Error listing the presets
 // A preset name or a JSON file (see above). `where` names the source in errors.
 Hardware from_json(const nlohmann::json& j, const std::string& where);
 Hardware load(const std::string& name_or_path);
+// Applies a calibration file's fits (kvscope calibrate, docs/calibration.md) as overrides;
+// each changed figure's source becomes the file. A JSON description can name one too:
+// {"base": "h200", "calibration": "h200-2026-11-28.json"}.
+void apply_calibration(Hardware& h, const std::string& path);
 
 // Parses "lo:hi:n" (linear) or "lo:hi:n:log" or "v1,v2,v3" into values.
 std::vector<double> parse_sweep(const std::string& spec, const std::string& key);

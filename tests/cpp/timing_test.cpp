@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -190,6 +191,21 @@ TEST(Hardware, JsonRoundTripAndBasePreset) {
   }
   EXPECT_THROW(hw::from_json({{"base", "h9000"}}, "x.json"), Error);
   EXPECT_THROW(hw::load("no-such-preset-or-file"), Error);
+}
+
+TEST(Hardware, CalibrationFileOverridesThePreset) {
+  const hw::Hardware h = hw::load(source_dir() + "/hwmodels/calibrations/h200-measured.json");
+  const nlohmann::json cal = nlohmann::json::parse(
+      std::ifstream(source_dir() + "/hwmodels/calibrations/h200-2026-11-28.json"));
+  EXPECT_EQ(h.name, "h200-measured");
+  EXPECT_DOUBLE_EQ(h.pcie_bandwidth, cal["fits"]["pcie.bandwidth"].get<double>());
+  EXPECT_DOUBLE_EQ(h.pcie_transfer_overhead, cal["fits"]["pcie.transfer_overhead"].get<double>());
+  EXPECT_DOUBLE_EQ(h.pcie_efficiency, 1.0);
+  EXPECT_NE(h.sources.at("pcie.bandwidth").find("measured"), std::string::npos);
+  // Figures the file does not measure stay the preset's.
+  EXPECT_DOUBLE_EQ(h.nvlink_bandwidth, hw::preset("h200").nvlink_bandwidth);
+  // The measured link is slower than the datasheet's 63 GB/s, as every measurement is.
+  EXPECT_LT(h.host_link_bw(), hw::preset("h200").pcie_bandwidth);
 }
 
 TEST(Hardware, SweepSpecs) {
