@@ -28,3 +28,9 @@ done
 echo "== replay: every policy on the default trace (sim/specs/default.json) =="
 $KV sim -q --spec sim/specs/default.json --csv /tmp/kvscope-default-sim.csv
 echo "(CSV with every metric: /tmp/kvscope-default-sim.csv)"
+echo "== what-if: quest on the default trace, timed as Llama-3-8B on an H100, PCIe swept =="
+$KV whatif -t traces/stories260K-short-prompt.kvt -p quest -b 64 --page-size 16 --hw h100-sxm --as llama3-8b \
+  --sweep pcie.bandwidth=16e9:128e9:4 --sweep system.prefetch_depth=0,1
+echo "== concurrent requests: two allocation policies =="
+$KV batch -t traces/stories260K-short-prompt.kvt --repeat 8 -p full -b 512 --hw h100-sxm --as llama3-8b \
+  --alloc reserve --alloc paged --kv-memory 134217728 --preempt swap
