@@ -228,6 +228,8 @@ json validate(const trace::TraceReader& tr, const ReplayConfig& cfg) {
     if (b == 0 || b > ctx) throw Error(who + "layer budget " + std::to_string(b) + " outside 1.." + std::to_string(ctx));
   for (uint32_t b : cfg.stream_budgets)
     if (b == 0 || b > ctx) throw Error(who + "head budget " + std::to_string(b) + " outside 1.." + std::to_string(ctx));
+  if (info.kind == "cache" && cfg.max_steps)
+    throw Error(who + "a shortened replay (max_steps) is not available for cache policies");
   if (info.kind == "cache") {
     const AccessRule rule = AccessRule::parse(cfg.access);
     const uint32_t B = std::max<uint32_t>(1, cfg.page_size);
@@ -510,9 +512,10 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
 
   // Decode steps.
   for (uint32_t ci = 0; ci < n_chunks; ++ci) {
+    if (cfg.max_steps && tr.chunks()[ci].first_step > cfg.max_steps) break;
     for (uint32_t l = 0; l < in.n_layers; ++l) {
       for (const trace::StepLayerView& sv : frame_of(ci, l).steps) {
-        if (sv.kind == trace::StepKind::Prefill) continue;
+        if (sv.kind == trace::StepKind::Prefill || (cfg.max_steps && sv.step > cfg.max_steps)) continue;
         const uint32_t n = sv.first_pos + 1, j_new = sv.first_pos;
         StepMetrics& m = steps[sv.step];
         for (uint32_t kvh = 0; kvh < in.n_kv_heads; ++kvh) {

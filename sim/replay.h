@@ -27,6 +27,7 @@ struct ReplayConfig {
   std::vector<uint32_t> layer_budgets, stream_budgets;
   std::string access = "topk:8";  // cache policies: which pages a step accesses (sim/pages.h)
   bool per_step = false;          // fill ReplayResult::per_step
+  uint32_t max_steps = 0;         // > 0: stop after this decode step (a cheap short replay); 0: all
   bool bounds = true;             // compute the oracle-topk bound beside the policy (benchmarks turn it off)
   bool output_error = true;       // compute the attention-output error on traces with V (likewise)
   // Frames decoded beforehand (decode_all), [chunk * n_layers + layer]; nullptr: decode

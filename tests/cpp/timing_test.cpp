@@ -303,3 +303,33 @@ TEST(Timing, OffloadPolicyMovesAreCountedAsCopies) {
 
 }  // namespace
 }  // namespace kvscope
+
+namespace kvscope {
+namespace {
+
+TEST(Replay, MaxStepsReplaysAPrefix) {
+  trace::TraceReader tr(source_dir() + "/traces/stories260K-short-prompt.kvt");
+  sim::ReplayConfig cfg;
+  cfg.policy = "h2o";
+  cfg.budget = 32;
+  cfg.per_step = true;
+  const sim::ReplayResult all = sim::replay(tr, cfg);
+  cfg.max_steps = 40;
+  const sim::ReplayResult head = sim::replay(tr, cfg);
+  // The first 40 decode steps are the same replay; nothing after them is touched.
+  double ret = 0, rows = 0;
+  for (uint32_t s = 1; s <= 40; ++s) {
+    EXPECT_EQ(all.per_step[s].hbm_entries, head.per_step[s].hbm_entries) << s;
+    EXPECT_DOUBLE_EQ(all.per_step[s].retained_mass, head.per_step[s].retained_mass) << s;
+    ret += all.per_step[s].retained_mass, rows += 1;
+  }
+  EXPECT_EQ(head.per_step[41].hbm_entries, 0u);
+  EXPECT_NEAR(head.retained_mass, ret / rows, 1e-12);  // every step has the same number of rows
+  EXPECT_EQ(head.rows, static_cast<uint64_t>(40) * tr.info().n_layers * tr.info().n_heads);
+  cfg.policy = "lru";
+  cfg.page_size = 16;
+  EXPECT_THROW(sim::validate(tr, cfg), Error);
+}
+
+}  // namespace
+}  // namespace kvscope
