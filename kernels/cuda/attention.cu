@@ -28,6 +28,10 @@ constexpr int kDecodeWarps = 4;
 // (enough to cover HBM latency); group 8 holds twice the accumulators, so it gets 2.
 template <int G>
 constexpr int decode_unroll() { return G >= 8 ? 2 : 4; }
+// Resident blocks asked of the register allocator: 3 (<= 168 registers, 12 warps per SM)
+// fits groups up to 4 without spilling; group 8 keeps twice the q and acc registers.
+template <int G>
+constexpr int decode_min_blocks() { return G >= 8 ? 2 : 3; }
 
 __device__ inline void half8_to_float(const uint4& u, float* f) {
   const __half2* h = reinterpret_cast<const __half2*>(&u);
@@ -51,12 +55,44 @@ __device__ inline void merge_state(float& m, float& l, float* acc, float m2, flo
   m = M;
 }
 
+// Reduce-scatter of N partial sums over the LPR lanes of a sub-group: each halving step
+// sends half of the still-live values to the partner lane and keeps the other half, so N
+// values cost N-1 shuffles instead of N*log2(LPR). Afterwards lane li holds the full sums
+// of the indices returned by rs_base(li) .. + rs_keep(); lanes that differ only in their
+// low bits hold the same values.
+template <int O, int n, int N>
+__device__ __forceinline__ void reduce_scatter(float (&v)[N], int li) {
+  if constexpr (O > 0) {
+    if constexpr (n > 1) {
+      constexpr int h = n / 2;
+      const bool hi = (li & O) != 0;
+#pragma unroll
+      for (int i = 0; i < h; ++i) {
+        const float send = hi ? v[i] : v[i + h];
+        const float keep = hi ? v[i + h] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+      }
+      reduce_scatter<O / 2, h, N>(v, li);
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
+      reduce_scatter<O / 2, 1, N>(v, li);
+    }
+  }
+}
+
+constexpr int ilog2(int x) { return x <= 1 ? 0 : 1 + ilog2(x / 2); }
+
 template <int HD, int G>
-__global__ void __launch_bounds__(kDecodeWarps * 32) decode_split_kernel(DecodeArgs a, int pages_per_split, int n_splits) {
+__global__ void __launch_bounds__(kDecodeWarps * 32, decode_min_blocks<G>()) decode_split_kernel(DecodeArgs a, int pages_per_split, int n_splits) {
   constexpr int VEC = 8, LPR = HD / VEC, RPW = 32 / LPR, U = decode_unroll<G>(), NW = kDecodeWarps;
-  constexpr int RPI = NW * RPW * U;  // slots per block iteration
+  constexpr int RPI = NW * RPW * U;  // slots per block iteration (one tile)
+  constexpr int N = U * G;           // scores per sub-group and tile, index u * G + g
+  constexpr int LOG_LPR = ilog2(LPR), LOG_N = ilog2(N);
+  constexpr int S = LOG_N < LOG_LPR ? LOG_N : LOG_LPR;  // halving steps of the reduce-scatter
+  constexpr int KEEP = N >> S;                           // sums each lane ends with
   __shared__ float sm_acc[NW][G][HD];
   __shared__ float sm_m[NW][G], sm_l[NW][G];
+  __shared__ __align__(16) float sm_s[NW][RPW][N];
 
   const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
   const int H = a.n_heads, h0 = kvh * G;
@@ -67,6 +103,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_split_kernel(DecodeA
   const int s_end = min(n, s_begin + pages_per_split * B);
   const int32_t* table = a.kv.tables + static_cast<int64_t>(stream) * a.kv.max_pages;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = lane / LPR, li = lane % LPR;
+  const int rs_base = (li >> (LOG_LPR - S)) << (LOG_N - S);
+  const bool rs_writer = (li & ((1 << (LOG_LPR - S)) - 1)) == 0;
 
   float q[G][VEC];
 #pragma unroll
@@ -87,56 +125,121 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_split_kernel(DecodeA
   float* eprobs = a.emit.probs ? a.emit.probs + (static_cast<int64_t>(b) * H + h0) * a.emit.stride : nullptr;
   const uint4* kbase = reinterpret_cast<const uint4*>(a.kv.k);
   const uint4* vbase = reinterpret_cast<const uint4*>(a.kv.v);
+  const int lane_slot = warp * RPW + sub;
+  // Page sizes are powers of two in practice: shifts instead of integer division.
+  const bool pow2 = (B & (B - 1)) == 0;
+  const int bshift = __ffs(B) - 1;  // slot of (tile base, u) is base + u * NW * RPW + lane_slot
 
-  for (int base = s_begin; base < s_end; base += RPI) {
-    uint4 kr[U], vr[U];
-    bool ok[U], in[U];
-    int slot[U];
+  // Tiles are double-buffered in registers: the loads of the next tile are in flight while
+  // this one is computed, and the page-table entries are read one tile earlier still, so
+  // neither the table nor the K/V latency sits between two tiles.
+  struct Tile {
+    uint4 k[U], v[U];
+    int live[U], pos[U];  // raw: testing them here would wait for the loads
+  };
+  auto load_pages = [&](int (&pg)[U], int base) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      slot[u] = base + u * NW * RPW + warp * RPW + sub;
-      in[u] = slot[u] < s_end;
-      ok[u] = false;
-      if (in[u]) {
-        const int pg = __ldg(table + slot[u] / B);
-        if (pg >= 0) {  // offloaded pages are never read (their slots emit -inf: p = 0)
-          // K, V, position and live flag are loaded together (one dependent load after
-          // the table, not three): a dead or future slot costs bandwidth, not latency.
-          const int64_t row = static_cast<int64_t>(pg) * B + slot[u] % B;
-          kr[u] = __ldg(kbase + row * LPR + li);
-          vr[u] = __ldg(vbase + row * LPR + li);
-          ok[u] = __ldg(a.kv.live + row) != 0 && __ldg(a.kv.pos + row) <= a.qpos;
+      const int slot = base + u * NW * RPW + lane_slot;
+      pg[u] = slot < s_end ? __ldg(table + (pow2 ? slot >> bshift : slot / B)) : -1;
+    }
+  };
+  auto issue = [&](Tile& t, const int (&pg)[U], int base) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int slot = base + u * NW * RPW + lane_slot;
+      t.live[u] = 0;
+      t.pos[u] = 0;
+      t.k[u] = t.v[u] = make_uint4(0, 0, 0, 0);
+      if (pg[u] >= 0) {  // offloaded pages are never read (their slots emit -inf: p = 0)
+        const int64_t row = static_cast<int64_t>(pg[u]) * B + (pow2 ? slot & (B - 1) : slot % B);
+        t.k[u] = __ldg(kbase + row * LPR + li);
+        t.v[u] = __ldg(vbase + row * LPR + li);
+        t.live[u] = __ldg(a.kv.live + row);
+        t.pos[u] = __ldg(a.kv.pos + row);
+      }
+    }
+  };
+  auto compute = [&](const Tile& t, int base) {
+    // Scores of the tile's U rows for every head: partial dots, one reduce-scatter.
+    float d[N];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const bool ok = t.live[u] != 0 && t.pos[u] <= a.qpos;
+      float kf[VEC];
+      half8_to_float(t.k[u], kf);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float x = 0;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) x += q[g][i] * kf[i];
+        d[u * G + g] = ok ? x : -INFINITY;  // -inf partials sum to -inf
+      }
+    }
+    reduce_scatter<LPR / 2, N, N>(d, li);
+    __syncwarp();  // the previous tile's scores have been read
+    if (rs_writer) {
+#pragma unroll
+      for (int j = 0; j < KEEP; ++j) {
+        const int idx = rs_base + j;
+        const float s = d[j] * a.scale;
+        sm_s[warp][sub][idx] = s;
+        if (eprobs) {
+          const int slot = base + (idx / G) * NW * RPW + lane_slot;
+          if (slot < s_end) eprobs[(idx % G) * a.emit.stride + slot] = s;
         }
       }
     }
+    __syncwarp();
+    float sc[N];
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      const float4 x = *reinterpret_cast<const float4*>(&sm_s[warp][sub][i]);
+      sc[i] = x.x; sc[i + 1] = x.y; sc[i + 2] = x.z; sc[i + 3] = x.w;
+    }
+    // One online-softmax rescale per tile and head.
+    float mn[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float tmax = m[g];
+#pragma unroll
+      for (int u = 0; u < U; ++u) tmax = fmaxf(tmax, sc[u * G + g]);
+      mn[g] = tmax == -INFINITY ? 0.0f : tmax;  // all masked so far: p = c = 0, state stays empty
+      const float c = __expf(m[g] - mn[g]);
+      l[g] *= c;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[g][i] *= c;
+      m[g] = tmax;
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      float kf[VEC], vf[VEC];
-      if (ok[u]) {
-        half8_to_float(kr[u], kf);
-        half8_to_float(vr[u], vf);
-      } else {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) kf[i] = vf[i] = 0;
-      }
+      float vf[VEC];
+      half8_to_float(t.v[u], vf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        float d = 0;
+        const float p = __expf(sc[u * G + g] - mn[g]);
+        l[g] += p;
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) d += q[g][i] * kf[i];
-#pragma unroll
-        for (int o = LPR / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        const float s = ok[u] ? d * a.scale : -INFINITY;
-        if (eprobs && li == 0 && in[u]) eprobs[g * a.emit.stride + slot[u]] = s;
-        if (ok[u]) {
-          const float mn = fmaxf(m[g], s);
-          const float c = __expf(m[g] - mn), p = __expf(s - mn);
-          l[g] = l[g] * c + p;
-#pragma unroll
-          for (int i = 0; i < VEC; ++i) acc[g][i] = acc[g][i] * c + p * vf[i];
-          m[g] = mn;
-        }
+        for (int i = 0; i < VEC; ++i) acc[g][i] += p * vf[i];
       }
+    }
+  };
+
+  {
+    Tile ta, tb;
+    int pa[U], pb[U];
+    load_pages(pa, s_begin);
+    load_pages(pb, s_begin + RPI);
+    issue(ta, pa, s_begin);
+    load_pages(pa, s_begin + 2 * RPI);
+    for (int base = s_begin; base < s_end; base += 2 * RPI) {
+      issue(tb, pb, base + RPI);
+      load_pages(pb, base + 3 * RPI);
+      compute(ta, base);
+      if (base + RPI >= s_end) break;
+      issue(ta, pa, base + 2 * RPI);
+      load_pages(pa, base + 4 * RPI);
+      compute(tb, base + RPI);
     }
   }
   // Merge the sub-groups of the warp (lanes li, li + LPR, ...).
@@ -184,40 +287,56 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_split_kernel(DecodeA
   }
 }
 
+constexpr int kCombineThreads = 128;
+
 template <int HD>
-__global__ void decode_combine_kernel(DecodeArgs a, int n_splits, int group) {
-  const int h = blockIdx.x, b = blockIdx.y, H = a.n_heads;
+__global__ void __launch_bounds__(kCombineThreads) decode_combine_kernel(DecodeArgs a, int n_splits, int group) {
+  // blockIdx.z cuts the probability rewrite of long streams into chunks; every block
+  // recomputes (M, L) from the partials and block 0 writes out and lse.
+  const int h = blockIdx.x, b = blockIdx.y, H = a.n_heads, z = blockIdx.z, nz = gridDim.z;
   const float* part = a.scratch + (static_cast<int64_t>(b) * H + h) * n_splits * (HD + 2);
   __shared__ float s_w[kMaxSplits];
-  __shared__ float s_M, s_L;
-  if (threadIdx.x == 0) {
-    float M = -INFINITY;
-    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, part[s * (HD + 2) + HD]);
-    float L = 0;
-    for (int s = 0; s < n_splits; ++s) {
-      const float w = M == -INFINITY ? 0.0f : __expf(part[s * (HD + 2) + HD] - M);
-      s_w[s] = w;
-      L += part[s * (HD + 2) + HD + 1] * w;
-    }
-    s_M = M;
-    s_L = L;
-  }
+  __shared__ float s_red[kCombineThreads / 32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // Max over the splits, then weights and the sum, by the whole block.
+  float M = -INFINITY;
+  for (int s = tid; s < n_splits; s += kCombineThreads) M = fmaxf(M, part[s * (HD + 2) + HD]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+  if (lane == 0) s_red[warp] = M;
   __syncthreads();
-  const float M = s_M, L = s_L;
+  M = s_red[0];
+#pragma unroll
+  for (int w = 1; w < kCombineThreads / 32; ++w) M = fmaxf(M, s_red[w]);
+  float L = 0;
+  for (int s = tid; s < n_splits; s += kCombineThreads) {
+    const float w = M == -INFINITY ? 0.0f : __expf(part[s * (HD + 2) + HD] - M);
+    s_w[s] = w;
+    L += part[s * (HD + 2) + HD + 1] * w;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
+  __syncthreads();  // s_red[] has been read
+  if (lane == 0) s_red[warp] = L;
+  __syncthreads();
+  L = 0;
+#pragma unroll
+  for (int w = 0; w < kCombineThreads / 32; ++w) L += s_red[w];
   const float inv = L > 0 ? 1.0f / L : 0.0f;
   float* out = a.out + (static_cast<int64_t>(b) * H + h) * HD;
-  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-    float A = 0;
-    for (int s = 0; s < n_splits; ++s) A += part[s * (HD + 2) + d] * s_w[s];
-    out[d] = A * inv;
-  }
+  if (z == 0)
+    for (int d = tid; d < HD; d += kCombineThreads) {
+      float A = 0;
+      for (int s = 0; s < n_splits; ++s) A += part[s * (HD + 2) + d] * s_w[s];
+      out[d] = A * inv;
+    }
   const float lse = L > 0 ? M + logf(L) : -INFINITY;
-  if (threadIdx.x == 0) a.lse[static_cast<int64_t>(b) * H + h] = lse;
+  if (tid == 0 && z == 0) a.lse[static_cast<int64_t>(b) * H + h] = lse;
   if (a.emit.probs) {
     const int stream = a.stream0 + b * a.batch_stream_stride + h / group;
     const int n = a.kv.n_slots[stream];
     float* p = a.emit.probs + (static_cast<int64_t>(b) * H + h) * a.emit.stride;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    for (int j = z * kCombineThreads + tid; j < n; j += nz * kCombineThreads) {
       const float s = p[j];
       p[j] = (s == -INFINITY || lse == -INFINITY) ? 0.0f : expf(s - lse);
     }
@@ -423,7 +542,10 @@ void decode_launch(const DecodeArgs& a, cudaStream_t s) {
     throw Error("decode attention: scratch too small");
   decode_split_kernel<HD, G><<<dim3(n_splits, a.n_kv_heads, a.batch), kDecodeWarps * 32, 0, s>>>(a, pps, n_splits);
   KVS_LAUNCHED(decode_split);
-  decode_combine_kernel<HD><<<dim3(a.n_heads, a.batch), 128, 0, s>>>(a, n_splits, G);
+  // Emitting: enough blocks for the probability rewrite (~2048 slots each, <= 32 per head).
+  const int64_t slots = static_cast<int64_t>(max_pages) * B;
+  const int chunks = a.emit.probs ? static_cast<int>(std::min<int64_t>(32, std::max<int64_t>(1, slots / 2048))) : 1;
+  decode_combine_kernel<HD><<<dim3(a.n_heads, a.batch, chunks), kCombineThreads, 0, s>>>(a, n_splits, G);
   KVS_LAUNCHED(decode_combine);
 }
 
