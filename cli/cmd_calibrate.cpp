@@ -14,6 +14,7 @@
 #include "kernels/io/error.h"
 
 #ifdef KVSCOPE_HAVE_CUDA
+#include "kernels/cuda/attention_bench.h"
 #include "kernels/cuda/calibrate.h"
 #endif
 
@@ -152,6 +153,29 @@ void run_calibrate(const Options& o) {
   doc["gemm"] = gemm;
   doc["launch_overhead"] = g.launch_overhead > 0 ? ojson(g.launch_overhead) : ojson(nullptr);
   errors = g.errors;
+  // The project's decode-attention kernel (kernels/cuda/attention.cu) on a Llama-3-8B layer:
+  // what attention over the resident KV reaches on this device, beside the D2D copy.
+  ojson attn = ojson::array();
+  if (g.ok) {
+    const std::vector<int> ctxs = o.quick ? std::vector<int>{4096} : std::vector<int>{4096, 16384, 32768};
+    const std::vector<int> batches = o.quick ? std::vector<int>{1} : std::vector<int>{1, 16};
+    for (int c : ctxs)
+      for (int b : batches) {
+        try {
+          cuda::DecodeBenchConfig bc;
+          bc.ctx = c, bc.batch = b, bc.iters = o.quick ? 5 : 30;
+          const cuda::DecodeBenchResult r = cuda::bench_decode_attention(bc);
+          attn.push_back({{"context", c}, {"batch", b}, {"seconds", r.us * 1e-6}, {"bytes", r.bytes}, {"bandwidth", r.bytes_per_s}});
+          say("attention ctx " + std::to_string(c) + " batch " + std::to_string(b) + ": " +
+              std::to_string(r.bytes_per_s / 1e9) + " GB/s");
+        } catch (const std::exception& e) {
+          errors.push_back(std::string("attention: ") + e.what());
+        }
+      }
+    notes["attention"] = "kvscope decode attention (split-K over pages of 16), 32 query heads, 8 KV heads, head_dim 128, fp16 KV; "
+                         "bandwidth = K, V, position and live bytes read per call / seconds per call";
+  }
+  doc["attention"] = attn;
   if (g.ok) {
     notes["d2d"] = "cudaMemcpyAsync device to device; bandwidth counts bytes read + written (2 * bytes / seconds)";
     notes["p2p"] = g.p2p_peer >= 0 ? "cudaMemcpyPeerAsync from device " + std::to_string(g.device.index) + " to device " +
@@ -167,7 +191,8 @@ void run_calibrate(const Options& o) {
   why = "this kvscope was built without CUDA (KVSCOPE_CUDA=OFF or no nvcc at build time)";
   doc["device"] = nullptr;
   doc["why"] = why;
-  for (const char* k : {"h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable", "d2d", "p2p", "gemm"}) doc[k] = ojson::array();
+  for (const char* k : {"h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable", "d2d", "p2p", "gemm", "attention"})
+    doc[k] = ojson::array();
   doc["launch_overhead"] = nullptr;
   (void)o.device;
 #endif

@@ -78,7 +78,7 @@ void add_hw_commands(CLI::App& app) {
   }
   {
     auto* c = app.add_subcommand("whatif", "Step timing of a policy's replay on a hardware model, against swept hardware figures");
-    static std::string trace_path, policy, hw_name = "h100-sxm", as = "trace", csv, json_out, calibration;
+    static std::string trace_path, policy, hw_name = "h100-sxm", as = "trace", csv, json_out, calibration, per_step;
     static std::vector<std::string> params, sets, sweeps;
     static uint32_t budget = 0, page_size = 1;
     static bool coalesce = false, as_json = false;
@@ -94,6 +94,7 @@ void add_hw_commands(CLI::App& app) {
     c->add_option("--as", as, "Time the trace as this model shape (llama3-8b, llama3-70b, ...; default: the traced model)");
     c->add_flag("--coalesce", coalesce, "Adjacent pages moved in one step are one copy (default: one copy per page)");
     c->add_option("--csv", csv, "Also write the table as CSV");
+    c->add_option("--per-step", per_step, "Also write every step's breakdown at every point as CSV");
     c->add_option("--out,-o", json_out, "Also write the results as JSON");
     c->add_flag("--json", as_json, "Print JSON instead of the table");
     c->callback([] {
@@ -122,6 +123,14 @@ void add_hw_commands(CLI::App& app) {
         std::printf("%9s %9s %9s | %8s %8s %8s %8s %8s %8s  (ms per decode step)\n", "TTFT ms", "TPOT ms", "tok/s", "compute",
                     "hbm", "launch", "nvlink", "pcie", "stall");
       }
+      std::ofstream steps_csv;
+      if (!per_step.empty()) {
+        steps_csv.open(per_step);
+        if (!steps_csv) fail(per_step, "cannot open for writing");
+        steps_csv << "point,";
+        for (const auto& s : grid) steps_csv << s.key << ",";
+        steps_csv << "step,prefill,tokens,gemm_s,attention_s,compute_s,hbm_s,launch_s,nvlink_s,pcie_s,stall_s,total_s\n";
+      }
       for (size_t p = 0; p < points; ++p) {
         hw::Hardware h = base;
         json point = json::object();
@@ -137,6 +146,18 @@ void add_hw_commands(CLI::App& app) {
         }
         h.validate();
         json j = timing_json(h, t);
+        if (steps_csv.is_open()) {
+          const std::vector<hw::StepTime> st = hw::time_steps(h, t.shape, t.loads);
+          for (size_t i = 0; i < st.size(); ++i) {
+            steps_csv << p << ",";
+            for (double v : at) steps_csv << json(v).dump() << ",";
+            const hw::StepTime& x = st[i];
+            steps_csv << i << "," << (t.loads[i].prefill ? 1 : 0) << "," << json(t.loads[i].tokens).dump();
+            for (double v : {x.gemm, x.attention, x.compute, x.hbm, x.launch, x.nvlink, x.pcie, x.stall, x.total})
+              steps_csv << "," << json(v).dump();
+            steps_csv << "\n";
+          }
+        }
         j["point"] = point;
         if (!as_json) {
           for (double v : at) std::printf("%-22.6g ", v);
@@ -148,6 +169,7 @@ void add_hw_commands(CLI::App& app) {
         }
         rows.push_back(j);
       }
+      if (steps_csv.is_open() && !steps_csv.flush()) fail(per_step, "write failed");
       json doc = {{"trace", trace_path},
                   {"policy", policy},
                   {"params", t.result.params},

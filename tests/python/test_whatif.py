@@ -63,15 +63,21 @@ check(abs(doc["points"][0]["tokens_per_s"] - 1 / tpot) <= 1e-9 / tpot, "tokens/s
 
 # 2. A grid: two sweeps, last varying fastest; CSV rows; TPOT never rises with PCIe bandwidth.
 csv_path = os.path.join(tmp, "grid.csv")
+steps_path = os.path.join(tmp, "steps.csv")
 p = run("whatif", "--trace", trace, "--policy", "quest", "--budget", "64", "--page-size", "16", "--hw", "h100-sxm",
         "--as", "llama3-8b", "--sweep", "pcie.bandwidth=16e9:128e9:4", "--sweep", "system.prefetch_depth=0,1",
-        "--csv", csv_path, "--json")
+        "--csv", csv_path, "--per-step", steps_path, "--json")
 g = json.loads(p.stdout)
 pts = g["points"]
 check(len(pts) == 8, f"4 x 2 grid: {len(pts)} points")
 check([x["point"]["system.prefetch_depth"] for x in pts[:2]] == [0, 1], "the last sweep varies fastest")
 rows = list(csv.DictReader(open(csv_path)))
 check(len(rows) == 8 and float(rows[3]["tpot_s"]) == pts[3]["tpot"], "CSV rows equal the JSON points")
+srows = list(csv.DictReader(open(steps_path)))
+check(len(srows) == 8 * 508, f"per-step rows: 8 points x 508 steps = {len(srows)}")
+for k in range(8):
+    dec = [float(r["total_s"]) for r in srows if r["point"] == str(k) and r["prefill"] == "0"]
+    check(abs(sum(dec) / len(dec) - pts[k]["tpot"]) <= 1e-12 * pts[k]["tpot"], f"point {k}: mean of per-step totals = TPOT")
 for d in (0, 1):
     t = [x["tpot"] for x in pts if x["point"]["system.prefetch_depth"] == d]
     check(all(b <= a + 1e-15 for a, b in zip(t, t[1:])), f"TPOT non-increasing in PCIe bandwidth (depth {d}): {t}")
