@@ -16,8 +16,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr double kInf = 1e30;
-
 // One row per figure. Ranges reject typos (a bandwidth of 3.35 instead of 3.35e12 passes
 // as "positive" but not as >= 1e6) without excluding any real or imagined machine.
 constexpr Param kParams[] = {
