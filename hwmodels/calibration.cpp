@@ -268,7 +268,9 @@ void validate_calibration(const nlohmann::json& cal, const std::string& path) {
 
   const auto& fits = c.need(cal, "", "fits");
   if (!fits.is_object()) c.bad("fits", "expected an object, got " + std::string(fits.type_name()));
-  for (const auto& [k, v] : fits.items()) {
+  for (auto it = fits.begin(); it != fits.end(); ++it) {
+    const std::string& k = it.key();
+    const nlohmann::json& v = it.value();
     if (std::find_if(std::begin(kOverrideKeys), std::end(kOverrideKeys), [&](const char* s) { return k == s; }) ==
         std::end(kOverrideKeys))
       c.bad("fits." + k, "not a hardware-model key this version knows");
