@@ -145,9 +145,9 @@ void add_hw_commands(CLI::App& app) {
           point[grid[i].key] = at[i];
         }
         h.validate();
-        json j = timing_json(h, t);
+        const std::vector<hw::StepTime> st = hw::time_steps(h, t.shape, t.loads);
+        json j = timing_json(h, t, st);
         if (steps_csv.is_open()) {
-          const std::vector<hw::StepTime> st = hw::time_steps(h, t.shape, t.loads);
           for (size_t i = 0; i < st.size(); ++i) {
             steps_csv << p << ",";
             for (double v : at) steps_csv << json(v).dump() << ",";

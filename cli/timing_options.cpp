@@ -42,8 +42,7 @@ TimedReplay timed_replay(const trace::TraceReader& tr, sim::ReplayConfig cfg, co
   return t;
 }
 
-json timing_json(const hw::Hardware& hw, const TimedReplay& t) {
-  const auto times = hw::time_steps(hw, t.shape, t.loads);
+json timing_json(const hw::Hardware& hw, const TimedReplay& t, std::span<const hw::StepTime> times) {
   json j = hw::summarize(t.loads, times).to_json();
   j["hardware"] = hw.name;
   j["shape"] = t.shape.name;

@@ -1,5 +1,6 @@
 #pragma once
 // Options shared by the commands that time a replay (sim --hw, whatif, batch).
+#include <span>
 #include <string>
 #include <vector>
 
@@ -28,7 +29,11 @@ struct TimedReplay {
 // Replays `cfg` (per-step metrics and the stream weights of `shape_name` switched on) and
 // derives the step loads.
 TimedReplay timed_replay(const trace::TraceReader& tr, sim::ReplayConfig cfg, const std::string& shape_name, bool coalesce);
-// Timing summary of the loads on `hw`, as JSON: hardware, shape, ttft, tpot, tokens/s, breakdowns.
-nlohmann::json timing_json(const hw::Hardware& hw, const TimedReplay& t);
+// Timing summary of the step times of t's loads on `hw` (hw::time_steps), as JSON:
+// hardware, shape, ttft, tpot, tokens/s, breakdowns.
+nlohmann::json timing_json(const hw::Hardware& hw, const TimedReplay& t, std::span<const hw::StepTime> times);
+inline nlohmann::json timing_json(const hw::Hardware& hw, const TimedReplay& t) {
+  return timing_json(hw, t, hw::time_steps(hw, t.shape, t.loads));
+}
 
 }  // namespace kvscope::cli
