@@ -13,5 +13,6 @@ void add_hw_commands(CLI::App& app);     // hw (presets), whatif (hardware model
 void add_batch_commands(CLI::App& app);  // batch (concurrent requests: allocation, admission, preemption)
 void add_calibrate_commands(CLI::App& app);  // calibrate (measured figures for the hardware model)
 void add_gpu_commands(CLI::App& app);  // gpu-bench (CUDA path measurements; says so in builds without CUDA)
+void add_explore_commands(CLI::App& app);  // explore (design-space search into SQLite, docs/explore.md)
 
 }  // namespace kvscope::cli

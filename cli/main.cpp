@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   kvscope::cli::add_batch_commands(app);
   kvscope::cli::add_calibrate_commands(app);
   kvscope::cli::add_gpu_commands(app);
+  kvscope::cli::add_explore_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,50 @@
+#pragma once
+// The results database (docs/explore.md, "Results: SQLite schema"). One connection; every
+// finished configuration is written in one transaction, so a kill at any moment leaves
+// the whole result or nothing. Not thread-safe: one writer owns it.
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+struct sqlite3;
+
+namespace kvscope::explore {
+
+class Store {
+ public:
+  explicit Store(const std::string& path);  // opens or creates; WAL; the schema
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Hashes with a stored result (resume skips them).
+  std::set<std::string> done();
+  // The stored metrics object of a hash.
+  std::optional<nlohmann::json> metrics(const std::string& hash);
+  // configs + metrics + layer_metrics rows of one configuration, in one transaction.
+  void put(const std::string& hash, const nlohmann::json& config, const nlohmann::json& metrics, bool partial);
+
+  int64_t begin_run(const nlohmann::json& spec, unsigned threads);
+  void end_run(int64_t id, uint64_t evaluated, uint64_t skipped, uint64_t failed, const std::string& status);
+  // The spec of the latest run (null when none).
+  nlohmann::json last_spec();
+
+  struct Row {
+    std::string hash;
+    nlohmann::json config, metrics;
+    bool partial = false;
+  };
+  // Every stored result, ordered by hash.
+  std::vector<Row> rows();
+
+ private:
+  void exec(const char* sql);
+  std::string path_;
+  sqlite3* db_ = nullptr;
+};
+
+}  // namespace kvscope::explore
