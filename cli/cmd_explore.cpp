@@ -7,7 +7,10 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -17,6 +20,7 @@
 
 #include "cli/commands.h"
 #include "explorer/evaluate.h"
+#include "explorer/mpi.h"
 #include "explorer/pareto.h"
 #include "explorer/runner.h"
 #include "explorer/spec.h"
@@ -134,24 +138,90 @@ class Progress {
   std::chrono::steady_clock::time_point t0_;
 };
 
+
+struct Options {
+  std::string spec_path, db, export_path, csv, json_out;
+  unsigned threads = 1;
+  bool quiet = false, front = false;
+  size_t top = 0, per_policy = 0;
+  double worker_timeout = 300;
+};
+
+// A worker rank of `mpirun -np N kvscope explore`: replays what rank 0 sends.
+void serve_worker(explore::MpiSession& mpi) {
+  std::string raw, base_dir, error;
+  if (!mpi.receive_spec(raw, base_dir)) return;  // rank 0 gave up and says why
+  std::optional<explore::Spec> spec;
+  std::unique_ptr<explore::Evaluator> ev;
+  try {
+    spec = explore::parse_spec(json::parse(raw), "spec from rank 0", base_dir);
+    ev = std::make_unique<explore::Evaluator>(*spec);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  if (mpi.serve(ev.get(), error)) {  // rank 0 lost a worker: MPI_Finalize would hang
+    std::fflush(stdout);
+    std::_Exit(0);
+  }
+}
+
+void run_explore(const Options& o, explore::MpiSession* mpi);
+
 }  // namespace
 
 void add_explore_commands(CLI::App& app) {
   auto* c = app.add_subcommand("explore", "Search a design space (spec) into a SQLite database; front, top-K, exports (docs/explore.md)");
-  static std::string spec_path, db, export_path, csv, json_out;
-  static unsigned threads = 1;
-  static bool quiet = false, front = false;
-  static size_t top = 0;
+  static Options o;
+  auto& [spec_path, db, export_path, csv, json_out, threads, quiet, front, top, per_policy, worker_timeout] = o;
   c->add_option("--spec", spec_path, "Search spec (JSON, docs/explore.md): run the sweep (resumes what the database has)");
   c->add_option("--db", db, "Results database (SQLite)")->required();
   c->add_option("--threads,-j", threads, "Worker threads")->check(CLI::Range(1u, 1024u));
   c->add_flag("--quiet,-q", quiet, "No progress bar or summary");
   c->add_flag("--front", front, "Print the Pareto front of the database's results");
   c->add_option("--top", top, "Best K feasible results by the first objective");
+  c->add_option("--per-policy", per_policy, "With --top: at most this many results of each policy (diverse candidates)");
   c->add_option("--export", export_path, "With --top: write those candidates (full configurations) as JSON");
   c->add_option("--csv", csv, "Write every result as CSV");
   c->add_option("--json", json_out, "Write every result as JSON");
+  c->add_option("--worker-timeout", worker_timeout,
+                "Under mpirun: seconds a worker rank with work out may stay silent before its work goes to the others")
+      ->check(CLI::PositiveNumber);
   c->callback([] {
+    if (!explore::mpi_launched()) return run_explore(o, nullptr);
+    explore::MpiSession mpi;
+    if (mpi.rank() != 0) return serve_worker(mpi);
+    int rc = 0;
+    try {
+      run_explore(o, &mpi);
+    } catch (const std::exception& e) {
+      if (!mpi.lost_worker()) throw;
+      std::fprintf(stderr, "kvscope: %s\n", e.what());
+      rc = 1;
+    }
+    if (mpi.lost_worker()) {  // MPI_Finalize would wait for the lost rank forever
+      std::fflush(stdout);
+      std::fflush(stderr);
+      std::_Exit(rc);
+    }
+  });
+}
+
+namespace {
+
+// Rank 0 (or the only process): run the sweep, then the views.
+void run_explore(const Options& o, explore::MpiSession* mpi) {
+  const auto& [spec_path, db, export_path, csv, json_out, threads, quiet, front, top, per_policy, worker_timeout] = o;
+  // Workers wait for the spec: an error before it is sent must still release them.
+  struct Release {
+    explore::MpiSession* mpi;
+    bool sent = false;
+    ~Release() {
+      if (!mpi) return;
+      if (sent) mpi->stop_workers();
+      else mpi->broadcast_spec("", "");
+    }
+  } release{mpi};
+  {
     if (!export_path.empty() && top == 0) throw Error("explore: --export needs --top K");
     if (spec_path.empty() && !front && top == 0 && csv.empty() && json_out.empty())
       throw Error("explore: nothing to do (give --spec to run, or --front, --top, --csv, --json)");
@@ -161,13 +231,22 @@ void add_explore_commands(CLI::App& app) {
     explore::Spec spec;
     if (!spec_path.empty()) {
       spec = explore::load_spec(spec_path);
-      explore::Evaluator ev(spec);
-      const int64_t run_id = store.begin_run(spec.raw, threads);
+      std::unique_ptr<explore::Backend> ranks;
+      if (mpi) {
+        if (mpi->size() < 2) throw Error("explore: under mpirun it needs 2 ranks or more (rank 0 only hands out work)");
+        mpi->broadcast_spec(spec.raw.dump(), std::filesystem::absolute(spec_path).parent_path().string());
+        release.sent = true;
+        ranks = mpi->backend(worker_timeout);
+      }
+      // Rank 0 of an MPI run only hands out work: it opens the traces without decoding them.
+      explore::Evaluator ev(spec, /*predecode=*/mpi == nullptr);
+      const int64_t run_id = store.begin_run(spec.raw, mpi ? static_cast<unsigned>(mpi->size() - 1) : threads);
       g_stop.store(false);
       auto old = std::signal(SIGINT, on_sigint);
       Progress bar(!quiet && ::isatty(2));
       explore::RunOptions opt;
       opt.threads = threads;
+      opt.backend = ranks.get();
       opt.stop = &g_stop;
       opt.progress = [&bar](uint64_t d, uint64_t t, const std::string& l) { bar(d, t, l); };
       explore::RunSummary sum;
@@ -194,6 +273,7 @@ void add_explore_commands(CLI::App& app) {
         if (!quiet) std::fprintf(stderr, "kvscope: interrupted; finished results are kept, run again to resume\n");
         std::fflush(stdout);
         store_slot.reset();  // close the database cleanly
+        if (mpi) mpi->stop_workers();
         std::_Exit(130);
       }
     } else {
@@ -213,6 +293,10 @@ void add_explore_commands(CLI::App& app) {
         for (const auto& r : cand) best.push_back(&r);
         std::stable_sort(best.begin(), best.end(),
                          [](const Result* a, const Result* b) { return a->objectives[0] < b->objectives[0]; });
+        if (per_policy > 0) {  // at most per_policy of each policy, best first
+          std::map<std::string, size_t> seen;
+          std::erase_if(best, [&seen, &o](const Result* r) { return ++seen[r->config.value("policy", "")] > o.per_policy; });
+        }
         if (best.size() > top) best.resize(top);
         if (export_path.empty()) {
           print_table(spec, best);
@@ -246,7 +330,9 @@ void add_explore_commands(CLI::App& app) {
         write_file(csv, out);
       }
     }
-  });
+  }
 }
+
+}  // namespace
 
 }  // namespace kvscope::cli

@@ -24,8 +24,56 @@ double since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-Runner::Runner(const Evaluator& ev, Store& store, RunOptions opt) : ev_(ev), store_(store), opt_(std::move(opt)) {
+void ThreadBackend::evaluate(const std::vector<const json*>& todo, const std::function<void(size_t, json)>& deliver,
+                             const std::atomic<bool>* stop) {
+  std::atomic<size_t> next{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::pair<size_t, json>> ready;
+  unsigned running = std::min<unsigned>(threads_, static_cast<unsigned>(std::max<size_t>(todo.size(), 1)));
+  std::vector<std::thread> workers;
+  for (unsigned w = 0; w < running; ++w)
+    workers.emplace_back([this, stop, &next, &todo, &mu, &cv, &ready, &running] {
+      for (;;) {
+        if (stop && stop->load()) break;
+        const size_t k = next.fetch_add(1);
+        if (k >= todo.size()) break;
+        json m = ev_.evaluate(*todo[k]);
+        std::lock_guard<std::mutex> lock(mu);
+        ready.emplace_back(k, std::move(m));
+        cv.notify_one();
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      --running;
+      cv.notify_one();
+    });
+  // Deliver on this thread; a throwing deliver still joins the workers first.
+  std::exception_ptr error;
+  for (;;) {
+    std::deque<std::pair<size_t, json>> batch;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&ready, &running] { return !ready.empty() || running == 0; });
+      if (ready.empty() && running == 0) break;
+      batch.swap(ready);
+    }
+    for (auto& r : batch) {
+      if (error) continue;
+      try {
+        deliver(r.first, std::move(r.second));
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+  }
+  for (auto& t : workers) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+Runner::Runner(const Evaluator& ev, Store& store, RunOptions opt) : store_(store), opt_(std::move(opt)) {
   if (opt_.threads == 0) opt_.threads = 1;
+  if (!opt_.backend) own_ = std::make_unique<ThreadBackend>(ev, opt_.threads);
+  backend_ = opt_.backend ? opt_.backend : own_.get();
 }
 
 std::vector<json> Runner::run_batch(const std::vector<json>& configs, bool partial, const std::string& label) {
@@ -48,56 +96,30 @@ std::vector<json> Runner::run_batch(const std::vector<json>& configs, bool parti
     }
   }
 
-  std::atomic<size_t> next{0};
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<std::pair<size_t, json>> ready;
-  unsigned running = std::min<unsigned>(opt_.threads, static_cast<unsigned>(std::max<size_t>(todo.size(), 1)));
-  std::vector<std::thread> workers;
-  for (unsigned w = 0; w < running; ++w)
-    workers.emplace_back([this, &next, &todo, &configs, &mu, &cv, &ready, &running] {
-      for (;;) {
-        if (stopped()) break;
-        const size_t k = next.fetch_add(1);
-        if (k >= todo.size()) break;
-        json m = ev_.evaluate(configs[todo[k]]);
-        std::lock_guard<std::mutex> lock(mu);
-        ready.emplace_back(todo[k], std::move(m));
-        cv.notify_one();
-      }
-      std::lock_guard<std::mutex> lock(mu);
-      --running;
-      cv.notify_one();
-    });
-
+  std::vector<const json*> work;
+  for (size_t i : todo) work.push_back(&configs[i]);
   uint64_t written = 0;
   std::exception_ptr error;
-  for (;;) {
-    std::deque<std::pair<size_t, json>> batch;
-    {
-      std::unique_lock<std::mutex> lock(mu);
-      cv.wait(lock, [&ready, &running] { return !ready.empty() || running == 0; });
-      if (ready.empty() && running == 0) break;
-      batch.swap(ready);
-    }
-    for (auto& r : batch) {
-      if (!error) {
-        try {
-          const auto tw = std::chrono::steady_clock::now();
-          store_.put(hashes[r.first], configs[r.first], r.second, partial);
-          sum_.write_seconds += since(tw);
-        } catch (...) {
-          error = std::current_exception();
+  backend_->evaluate(
+      work,
+      [&](size_t k, json m) {
+        const size_t i = todo[k];
+        if (!error) {
+          try {
+            const auto tw = std::chrono::steady_clock::now();
+            store_.put(hashes[i], configs[i], m, partial);
+            sum_.write_seconds += since(tw);
+          } catch (...) {
+            error = std::current_exception();
+          }
         }
-      }
-      ++sum_.evaluated;
-      if (r.second.contains("error")) ++sum_.failed;
-      out[r.first] = std::move(r.second);
-      ++written;
-      if (opt_.progress) opt_.progress(written, todo.size(), label);
-    }
-  }
-  for (auto& t : workers) t.join();
+        ++sum_.evaluated;
+        if (m.contains("error")) ++sum_.failed;
+        out[i] = std::move(m);
+        ++written;
+        if (opt_.progress) opt_.progress(written, todo.size(), label);
+      },
+      opt_.stop);
   if (error) std::rethrow_exception(error);
   // Duplicates share the first one's metrics.
   for (size_t i = 0; i < configs.size(); ++i) {

@@ -7,10 +7,14 @@ stored as failed), timed on h100-sxm as llama3-8b, run
   (b) with 2 threads: the metrics, configs and layer_metrics tables equal (a)'s;
   (c) into a fresh database killed with SIGKILL at seeded random moments, then restarted
       until done: the final tables equal (a)'s, no row missing or duplicated;
-then the front / top / export / CSV / JSON views and a spec error. Needs the binary and the
+  (d) under `mpirun -np 3` (rank 0 hands out work, two worker ranks replay): equal to (a);
+  (e) the same with --enable-recovery and one worker killed with SIGKILL mid-run: the run
+      finishes on the other worker, equal to (a);
+then the front / top / export / CSV / JSON views and a spec error. (d) and (e) are skipped,
+saying so, when mpirun is absent or the binary was built without MPI. Needs the binary and the
 committed default trace; exits 77 (skip) without them.
 """
-import csv, json, os, random, signal, sqlite3, subprocess, sys, tempfile, time
+import csv, json, os, random, shutil, signal, sqlite3, subprocess, sys, tempfile, time
 
 root = os.environ.get("KVSCOPE_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 kv = os.environ.get("KVSCOPE_BIN", os.path.join(root, "build", "cli", "kvscope"))
@@ -152,6 +156,67 @@ for t in ref:
     check(got[t] == ref[t], f"(c) after kills: table {t} differs ({len(got[t])} vs {len(ref[t])} rows)")
 check(dup == 0, "(c) duplicates")
 
+# (d), (e) MPI.
+MPIRUN = ["mpirun", "--oversubscribe", "--allow-run-as-root", "-np", "3"]
+if not shutil.which("mpirun") or "(mpi)" not in run("--version").stdout:
+    print("SKIP (d), (e): no mpirun, or kvscope built without MPI")
+else:
+    db4 = os.path.join(tmp, "mpi.db")
+    t0 = time.time()
+    p = subprocess.run(MPIRUN + [kv, "explore", "--spec", spec_path, "--db", db4], capture_output=True, text=True, timeout=900)
+    print(f"(d) mpirun -np 3 in {time.time() - t0:.1f} s: {p.stdout.strip()}")
+    check(p.returncode == 0, f"(d) mpirun rc {p.returncode}: {p.stderr[-2000:]}")
+    got, dup = tables(db4)
+    for t in ref:
+        check(got[t] == ref[t], f"(d) MPI: table {t} differs ({len(got[t])} vs {len(ref[t])} rows)")
+    check(dup == 0, "(d) duplicates")
+    con = sqlite3.connect(db4)
+    check(con.execute("SELECT threads FROM runs").fetchall() == [(2,)], "(d) runs records 2 worker ranks")
+    con.close()
+
+    # (e) kill worker rank 1 once rows are landing; rank 0 re-sends its work to rank 2.
+    def rank_pid(rank, marker):
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                env = open(f"/proc/{d}/environ", "rb").read().split(b"\0")
+                cmd = open(f"/proc/{d}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env and marker.encode() in cmd:
+                return int(d)
+        return None
+
+    db5 = os.path.join(tmp, "mpi-killed.db")
+    proc = subprocess.Popen(MPIRUN[:1] + ["--enable-recovery"] + MPIRUN[1:] +
+                            [kv, "explore", "--spec", spec_path, "--db", db5, "-q", "--worker-timeout", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = False
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not killed:
+        time.sleep(0.2)
+        try:
+            con = sqlite3.connect(db5)
+            n = con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+            con.close()
+        except sqlite3.Error:
+            continue
+        if n >= 20:
+            pid = rank_pid(1, db5)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+    out, err = proc.communicate(timeout=900)
+    check(killed, "(e) no worker was killed (the run ended first?)")
+    check(proc.returncode == 0, f"(e) mpirun rc {proc.returncode}: {err[-2000:]}")
+    check("taken for dead" in err, "(e) rank 0 did not report the lost worker: " + err[-500:])
+    got, dup = tables(db5)
+    for t in ref:
+        check(got[t] == ref[t], f"(e) after a lost worker: table {t} differs ({len(got[t])} vs {len(ref[t])} rows)")
+    check(dup == 0, "(e) duplicates")
+    print(f"(e) worker rank 1 killed mid-run; {len(got['metrics'])} rows, equal to (a)")
+
 # Views: front, top + export, CSV, JSON.
 p = run("explore", "--db", db1, "--front")
 check(p.stdout.startswith("Pareto front:"), "front output")
@@ -167,6 +232,10 @@ con = sqlite3.connect(db1)
 best = con.execute("SELECT MAX(retained_mass) FROM metrics WHERE error IS NULL AND peak_hbm_bytes <= 1e9").fetchone()[0]
 con.close()
 check(abs(rm[0] - best) < 1e-12, "top 1 is the best retained mass")
+run("explore", "--db", db1, "--top", "12", "--per-policy", "1", "--export", cand)
+top = json.load(open(cand))
+pols = [c["config"]["policy"] for c in top]
+check(len(top) == 12 and len(set(pols)) == 12, f"--per-policy 1: 12 distinct policies, got {pols}")
 csv_path, json_path = os.path.join(tmp, "all.csv"), os.path.join(tmp, "all.json")
 run("explore", "--db", db1, "--csv", csv_path, "--json", json_path)
 check(len(list(csv.DictReader(open(csv_path)))) == n_configs, "CSV rows")
