@@ -34,3 +34,16 @@ $KV whatif -t traces/stories260K-short-prompt.kvt -p quest -b 64 --page-size 16 
 echo "== concurrent requests: two allocation policies =="
 $KV batch -t traces/stories260K-short-prompt.kvt --repeat 8 -p full -b 512 --hw h100-sxm --as llama3-8b \
   --alloc reserve --alloc paged --kv-memory 134217728 --preempt swap
+echo "== design-space search: explorer/specs/default.json into results/results.db (resumes) =="
+mkdir -p results
+$KV explore --spec explorer/specs/default.json --db results/results.db -j 2
+$KV explore --db results/results.db --front
+$KV explore --db results/results.db --top 12 --per-policy 1 --export results/candidates.json
+if [ -f "$MODELS/stories260K/stories260K.bin" ]; then
+  echo "== validate the candidates on stories260K with each policy enforced in the KV cache =="
+  $KV validate --candidates results/candidates.json --model "$MODELS/stories260K/stories260K.bin" \
+    --prompts traces/prompts/stories_short.txt --db results/results.db --out results/validation.json
+fi
+echo "== report =="
+$KV report --db results/results.db --out results/report
+echo "open results/report/index.html"

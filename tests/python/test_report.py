@@ -16,28 +16,12 @@ needs `chromium` (scripts/setup.sh installs it) and is skipped with exit 77 with
 """
 import glob, json, os, re, shutil, sqlite3, subprocess, sys, tempfile, time
 
-root = os.environ.get("KVSCOPE_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-kv = os.environ.get("KVSCOPE_BIN", os.path.join(root, "build", "cli", "kvscope"))
+from kvtest import check, failures, kv, root, run
 trace = os.path.join(root, "traces", "stories260K-short-prompt.kvt")
 if not os.path.exists(kv) or not os.path.exists(trace):
     print(f"SKIP: no kvscope binary at {kv} or no default trace")
     sys.exit(77)
-failures = []
 t_start = time.time()
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL", what)
-
-
-def run(*args, ok=True):
-    p = subprocess.run([kv, *args], capture_output=True, text=True)
-    if ok and p.returncode != 0:
-        print(p.stdout, p.stderr)
-        raise SystemExit(f"kvscope {' '.join(args)} failed")
-    return p
 
 
 B = {"choices": [16, 32, 64, 128]}

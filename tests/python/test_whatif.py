@@ -13,27 +13,11 @@ import csv, json, os, subprocess, sys, tempfile
 
 import numpy as np
 
-root = os.environ.get("KVSCOPE_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-kv = os.environ.get("KVSCOPE_BIN", os.path.join(root, "build", "cli", "kvscope"))
+from kvtest import check, failures, kv, root, run
 if not os.path.exists(kv):
     print(f"SKIP: no kvscope binary at {kv}")
     sys.exit(77)
 trace = os.path.join(root, "traces", "stories260K-short-prompt.kvt")
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL", what)
-
-
-def run(*args, ok=True):
-    p = subprocess.run([kv, *args], capture_output=True, text=True)
-    if ok and p.returncode != 0:
-        print(p.stdout, p.stderr)
-        raise SystemExit(f"kvscope {' '.join(args)} failed")
-    return p
 
 
 hw = json.loads(run("hw", "--show", "h100-sxm").stdout)
