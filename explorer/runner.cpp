@@ -30,9 +30,10 @@ void ThreadBackend::evaluate(const std::vector<const json*>& todo, const std::fu
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::pair<size_t, json>> ready;
-  unsigned running = std::min<unsigned>(threads_, static_cast<unsigned>(std::max<size_t>(todo.size(), 1)));
+  const unsigned n_threads = std::min<unsigned>(threads_, static_cast<unsigned>(std::max<size_t>(todo.size(), 1)));
+  unsigned running = n_threads;  // guarded by mu: the workers count themselves out
   std::vector<std::thread> workers;
-  for (unsigned w = 0; w < running; ++w)
+  for (unsigned w = 0; w < n_threads; ++w)
     workers.emplace_back([this, stop, &next, &todo, &mu, &cv, &ready, &running] {
       for (;;) {
         if (stop && stop->load()) break;

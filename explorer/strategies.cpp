@@ -11,15 +11,6 @@ namespace kvscope::explore {
 
 namespace {
 
-uint64_t splitmix64(uint64_t& x) {
-  uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
 size_t max_dims(const Spec& s) {
   size_t d = 0;
   for (const auto& p : s.policies) d = std::max(d, p.dims.size());
@@ -27,34 +18,6 @@ size_t max_dims(const Spec& s) {
 }
 
 }  // namespace
-
-Rng::Rng(uint64_t seed) {
-  uint64_t x = seed;
-  for (auto& w : s_) w = splitmix64(x);
-}
-
-uint64_t Rng::next() {
-  const uint64_t result = rotl(s_[1] * 5, 7) * 9;
-  const uint64_t t = s_[1] << 17;
-  s_[2] ^= s_[0];
-  s_[3] ^= s_[1];
-  s_[1] ^= s_[2];
-  s_[0] ^= s_[3];
-  s_[2] ^= t;
-  s_[3] = rotl(s_[3], 45);
-  return result;
-}
-
-double Rng::unit() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
-
-uint64_t Rng::below(uint64_t n) {
-  if (n <= 1) return 0;
-  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-  uint64_t x;
-  do x = next();
-  while (x >= limit);
-  return x % n;
-}
 
 std::vector<Point> grid_points(const Spec& s) {
   std::vector<Point> out;

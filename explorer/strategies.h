@@ -7,19 +7,11 @@
 
 #include "explorer/space.h"
 #include "explorer/spec.h"
+#include "kernels/io/rng.h"
 
 namespace kvscope::explore {
 
-// xoshiro256** seeded by splitmix64.
-class Rng {
- public:
-  explicit Rng(uint64_t seed);
-  uint64_t next();
-  double unit();                   // [0, 1), 53 bits
-  uint64_t below(uint64_t n);      // [0, n), unbiased (rejection)
- private:
-  uint64_t s_[4];
-};
+using Rng = Xoshiro256;  // kernels/io/rng.h
 
 // Every combination x the cartesian product of its dimensions' grid levels.
 std::vector<Point> grid_points(const Spec& s);

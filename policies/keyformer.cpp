@@ -17,6 +17,7 @@
 // query heads; the prefill seed is aggregated by the run's --agg.
 #include <cmath>
 
+#include "kernels/io/rng.h"
 #include "policies/builtin.h"
 #include "policies/snapkv_select.h"
 
@@ -24,12 +25,7 @@ namespace kvscope::policy {
 
 namespace {
 
-uint64_t mix64(uint64_t x) {  // splitmix64 finaliser
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+uint64_t mix64(uint64_t x) { return splitmix64(x); }  // a hash of x (kernels/io/rng.h)
 
 class Keyformer final : public Policy {
  public:

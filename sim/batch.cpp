@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "kernels/io/error.h"
+#include "kernels/io/rng.h"
 #include "sim/alloc.h"
 #include "sim/timing.h"
 
@@ -80,33 +81,6 @@ double default_kv_memory(const hw::Hardware& hw, const hw::ModelShape& target) {
 
 namespace {
 
-uint64_t splitmix64(uint64_t& x) {
-  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// xoshiro256** (Blackman & Vigna), state filled by splitmix64.
-class Xoshiro {
- public:
-  explicit Xoshiro(uint64_t seed) {
-    for (auto& w : s_) w = splitmix64(seed);
-  }
-  uint64_t next() {
-    const uint64_t out = rotl(s_[1] * 5, 7) * 9, t = s_[1] << 17;
-    s_[2] ^= s_[0], s_[3] ^= s_[1], s_[1] ^= s_[2], s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = rotl(s_[3], 45);
-    return out;
-  }
-  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
-
- private:
-  static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-  uint64_t s_[4];
-};
-
 // Nearest rank: the ceil(q n)-th smallest.
 double percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
@@ -156,10 +130,10 @@ struct Live {
 std::vector<double> arrivals(size_t n, double rate, uint64_t seed) {
   std::vector<double> t(n, 0.0);
   if (!(rate > 0)) return t;
-  Xoshiro g(seed);
+  Xoshiro256 g(seed);
   double now = 0;
   for (size_t i = 0; i < n; ++i) {
-    now += -std::log1p(-g.uniform()) / rate;
+    now += -std::log1p(-g.unit()) / rate;
     t[i] = now;
   }
   return t;

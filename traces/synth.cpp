@@ -9,6 +9,7 @@
 
 #include "kernels/io/error.h"
 #include "kernels/io/halfs.h"
+#include "kernels/io/rng.h"
 #include "kernels/model/model.h"
 #include "kvscope_version.h"
 #include "traces/reader.h"
@@ -23,12 +24,6 @@ using nlohmann::json;
 // multiply-xorshift hash for per-entry draws. No std:: distributions (their algorithms
 // differ between standard libraries).
 namespace {
-
-uint64_t fmix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 // A key for (seed, a, b, c): each field is folded in through the splitmix64 finaliser.
 uint64_t key(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0) {
@@ -50,25 +45,10 @@ inline uint32_t hash32(uint32_t x) {
   return x;
 }
 
-class Rng {  // xoshiro256**
+class Rng {  // xoshiro256** (kernels/io/rng.h) with the draws synthesis needs
  public:
-  explicit Rng(uint64_t seed) {
-    for (auto& w : s_) {
-      seed += 0x9E3779B97F4A7C15ull;
-      w = fmix64(seed);
-    }
-  }
-  uint64_t next() {
-    const uint64_t out = rotl(s_[1] * 5, 7) * 9;
-    const uint64_t t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = rotl(s_[3], 45);
-    return out;
-  }
+  explicit Rng(uint64_t seed) : g_(seed) {}
+  uint64_t next() { return g_.next(); }
   double uniform() { return u01(next()); }
   double uniform(double a, double b) { return a + (b - a) * uniform(); }
   int integer(int lo, int hi) {  // lo..hi inclusive
@@ -81,8 +61,7 @@ class Rng {  // xoshiro256**
   }
 
  private:
-  static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-  uint64_t s_[4];
+  Xoshiro256 g_;
 };
 
 enum Tag : uint64_t { kTagHead = 1, kTagKv, kTagHitter, kTagNoise, kTagBg, kTagToken, kTagNormal };
