@@ -14,5 +14,7 @@ void add_batch_commands(CLI::App& app);  // batch (concurrent requests: allocati
 void add_calibrate_commands(CLI::App& app);  // calibrate (measured figures for the hardware model)
 void add_gpu_commands(CLI::App& app);  // gpu-bench (CUDA path measurements; says so in builds without CUDA)
 void add_explore_commands(CLI::App& app);  // explore (design-space search into SQLite, docs/explore.md)
+void add_validate_commands(CLI::App& app);  // validate (candidates run live in the model's KV cache, docs/validation.md)
+void add_report_commands(CLI::App& app);  // report (static HTML page of a results database, docs/report.md)
 
 }  // namespace kvscope::cli

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "explorer/mpi.h"
 #include "kernels/io/error.h"
 #include "kvscope_version.h"
 
@@ -21,7 +22,8 @@ int main(int argc, char** argv) {
     ::execv("/proc/self/exe", argv);  // returns only on failure: carry on with the default
   }
   CLI::App app{"kvscope — trace real attention, replay KV-cache policies, explore hardware"};
-  app.set_version_flag("--version", std::string("kvscope ") + KVSCOPE_VERSION);
+  app.set_version_flag("--version", std::string("kvscope ") + KVSCOPE_VERSION +
+                                        (kvscope::explore::mpi_available() ? " (mpi)" : " (no mpi)"));
   app.require_subcommand(1);
   kvscope::cli::add_model_commands(app);
   kvscope::cli::add_trace_commands(app);
@@ -33,6 +35,8 @@ int main(int argc, char** argv) {
   kvscope::cli::add_calibrate_commands(app);
   kvscope::cli::add_gpu_commands(app);
   kvscope::cli::add_explore_commands(app);
+  kvscope::cli::add_validate_commands(app);
+  kvscope::cli::add_report_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

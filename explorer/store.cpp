@@ -3,6 +3,7 @@
 
 #include <sqlite3.h>
 
+#include <cmath>
 #include <ctime>
 
 #include "explorer/spec.h"
@@ -200,6 +201,85 @@ std::vector<Store::Row> Store::rows() {
     out.push_back(std::move(r));
   }
   return out;
+}
+
+void Store::ensure_validation_schema() {
+  exec("CREATE TABLE IF NOT EXISTS validations (hash TEXT, model TEXT, prompts TEXT, device TEXT, policy TEXT, "
+       "budget INTEGER, page_size INTEGER, kl REAL, top1 REAL, ppl REAL, ppl_full REAL, step_ms REAL, "
+       "bytes_offloaded INTEGER, bytes_fetched INTEGER, sim_retained_mass REAL, sim_output_rel_l2 REAL, sim_tpot REAL, "
+       "created TEXT, json TEXT, PRIMARY KEY (hash, model, prompts, device))");
+  exec("CREATE TABLE IF NOT EXISTS validation_summary (id INTEGER PRIMARY KEY, created TEXT, model TEXT, prompts TEXT, "
+       "device TEXT, n INTEGER, policies INTEGER, rho_quality REAL, rho_time REAL, quality_predictor TEXT, json TEXT)");
+}
+
+namespace {
+// Binds j[key] by the column's kind: 't' text, 'i' integer, 'r' real; absent or null: NULL.
+void bind_value(Stmt& s, int i, const json& j, const char* key, char kind) {
+  if (!j.contains(key) || j[key].is_null()) return s.null(i);
+  const json& v = j[key];
+  if (kind == 't') return s.text(i, v.is_string() ? v.get<std::string>() : v.dump());
+  if (!v.is_number()) return s.null(i);
+  if (kind == 'i') return s.integer(i, v.get<int64_t>());
+  const double d = v.get<double>();
+  if (std::isfinite(d)) s.real(i, d);
+  else s.null(i);
+}
+}  // namespace
+
+void Store::put_validations(const std::vector<json>& rows, const json& summary) {
+  ensure_validation_schema();
+  static const std::pair<const char*, char> kCols[] = {
+      {"hash", 't'},           {"model", 't'},          {"prompts", 't'},           {"device", 't'},
+      {"policy", 't'},         {"budget", 'i'},         {"page_size", 'i'},         {"kl", 'r'},
+      {"top1", 'r'},           {"ppl", 'r'},            {"ppl_full", 'r'},          {"step_ms", 'r'},
+      {"bytes_offloaded", 'i'}, {"bytes_fetched", 'i'}, {"sim_retained_mass", 'r'}, {"sim_output_rel_l2", 'r'},
+      {"sim_tpot", 'r'}};
+  const std::string created = now_utc();
+  exec("BEGIN IMMEDIATE");
+  try {
+    {
+      std::string sql = "INSERT OR REPLACE INTO validations (", vals;
+      for (const auto& c : kCols) sql += std::string(c.first) + ", ", vals += "?, ";
+      sql += "created, json) VALUES (" + vals + "?, ?)";
+      Stmt s(db_, sql, path_);
+      for (const json& r : rows) {
+        int i = 1;
+        for (const auto& c : kCols) bind_value(s, i++, r, c.first, c.second);
+        s.text(i++, created);
+        s.text(i, r.dump());
+        s.step();
+        s.reset();
+      }
+    }
+    {
+      Stmt d(db_, "DELETE FROM validation_summary WHERE model IS ? AND prompts IS ? AND device IS ?", path_);
+      bind_value(d, 1, summary, "model", 't');
+      bind_value(d, 2, summary, "prompts", 't');
+      bind_value(d, 3, summary, "device", 't');
+      d.step();
+    }
+    {
+      Stmt s(db_,
+             "INSERT INTO validation_summary (created, model, prompts, device, n, policies, rho_quality, rho_time, "
+             "quality_predictor, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+             path_);
+      s.text(1, created);
+      bind_value(s, 2, summary, "model", 't');
+      bind_value(s, 3, summary, "prompts", 't');
+      bind_value(s, 4, summary, "device", 't');
+      bind_value(s, 5, summary, "n", 'i');
+      bind_value(s, 6, summary, "policies", 'i');
+      bind_value(s, 7, summary, "rho_quality", 'r');
+      bind_value(s, 8, summary, "rho_time", 'r');
+      bind_value(s, 9, summary, "quality_predictor", 't');
+      s.text(10, summary.dump());
+      s.step();
+    }
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
 }
 
 }  // namespace kvscope::explore

@@ -41,8 +41,17 @@ class Store {
   // Every stored result, ordered by hash.
   std::vector<Row> rows();
 
+  // Validation results (docs/validation.md), tables `validations` and
+  // `validation_summary` (created on first use). In one transaction: each row (an object
+  // with the `validations` columns as keys; missing or null keys are stored as NULL)
+  // replaces the row of the same (hash, model, prompts, device); the summary (keys as the
+  // `validation_summary` columns but id and created) replaces the summary of the same
+  // (model, prompts, device).
+  void put_validations(const std::vector<nlohmann::json>& rows, const nlohmann::json& summary);
+
  private:
   void exec(const char* sql);
+  void ensure_validation_schema();
   std::string path_;
   sqlite3* db_ = nullptr;
 };

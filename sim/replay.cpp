@@ -4,6 +4,7 @@
 #include <cmath>
 #include <functional>
 
+#include "kernels/cpu/kv_cache.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/io/error.h"
 #include "policies/registry.h"
@@ -61,33 +62,10 @@ namespace {
 
 uint32_t context_of(const trace::TraceReader& tr) { return tr.info().prompt_len + tr.n_steps() - 1; }
 
-// Per-stream budgets of a run: the uniform budget, or the per-layer / per-stream overrides.
-std::vector<uint32_t> stream_budgets(const trace::TraceReader& tr, const ReplayConfig& cfg, uint32_t uniform) {
-  const auto& in = tr.info();
-  std::vector<uint32_t> b(static_cast<size_t>(in.n_layers) * in.n_kv_heads, uniform);
-  if (!cfg.layer_budgets.empty())
-    for (uint32_t l = 0; l < in.n_layers; ++l)
-      for (uint32_t h = 0; h < in.n_kv_heads; ++h) b[l * in.n_kv_heads + h] = cfg.layer_budgets[l];
-  if (!cfg.stream_budgets.empty()) b = cfg.stream_budgets;
-  return b;
-}
-
 // Quantize-dequantize one V row at `bits` (asymmetric min/max over the row, as KIVI does
-// per token for V). Returns ||v - dq|| / ||v||.
-double quantize_row(const float* v, float* dq, uint32_t d, uint32_t bits) {
-  float lo = v[0], hi = v[0];
-  for (uint32_t i = 1; i < d; ++i) lo = std::min(lo, v[i]), hi = std::max(hi, v[i]);
-  const float levels = static_cast<float>((1u << bits) - 1);
-  const float scale = hi > lo ? (hi - lo) / levels : 0.0f;
-  double num = 0, den = 0;
-  for (uint32_t i = 0; i < d; ++i) {
-    const float q = scale > 0 ? std::nearbyint((v[i] - lo) / scale) : 0.0f;
-    dq[i] = lo + q * scale;
-    num += static_cast<double>(dq[i] - v[i]) * (dq[i] - v[i]);
-    den += static_cast<double>(v[i]) * v[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : 0.0;
-}
+// per token for V): cpu::quant_dequant_row, the function the live run stores K and V with.
+// Returns ||v - dq|| / ||v||.
+double quantize_row(const float* v, float* dq, uint32_t d, uint32_t bits) { return cpu::quant_dequant_row(v, dq, d, bits); }
 
 // sum_j [res_j] x_j in double, branch-free so that it vectorises. Attention rows come from
 // fp16 values (multiples of 2^-24, at most 1), whose double sums are exact in any order,
@@ -195,13 +173,18 @@ std::vector<trace::LayerFrame> decode_all(const trace::TraceReader& tr) {
   return frames;
 }
 
-json validate(const trace::TraceReader& tr, const ReplayConfig& cfg) {
+std::vector<uint32_t> stream_budgets(const ReplayConfig& cfg, uint32_t n_layers, uint32_t n_kv_heads, uint32_t uniform) {
+  std::vector<uint32_t> b(static_cast<size_t>(n_layers) * n_kv_heads, uniform);
+  if (!cfg.layer_budgets.empty())
+    for (uint32_t l = 0; l < n_layers; ++l)
+      for (uint32_t h = 0; h < n_kv_heads; ++h) b[l * n_kv_heads + h] = cfg.layer_budgets[l];
+  if (!cfg.stream_budgets.empty()) b = cfg.stream_budgets;
+  return b;
+}
+
+json validate_run(const ReplayConfig& cfg, uint32_t ctx, uint32_t n_layers, uint32_t n_kv_heads, const std::string& who) {
   const policy::PolicyInfo& info = policy::find(cfg.policy);
   json params = policy::validate_params(info.params, cfg.params, "policy " + cfg.policy);
-  const auto& in = tr.info();
-  if (tr.n_steps() == 0) throw Error(tr.path() + ": trace has no steps");
-  const uint32_t ctx = context_of(tr);
-  const std::string who = "sim: " + cfg.policy + ": ";
   if (cfg.policy != "full" && (cfg.budget == 0 || cfg.budget > ctx))
     throw Error(who + "budget " + std::to_string(cfg.budget) + " must be between 1 and the trace's context of " +
                 std::to_string(ctx) + " tokens");
@@ -210,24 +193,49 @@ json validate(const trace::TraceReader& tr, const ReplayConfig& cfg) {
                 std::to_string(ctx) + ")");
   if (cfg.page_size > 1 && cfg.policy != "full" && cfg.budget < cfg.page_size)
     throw Error(who + "budget " + std::to_string(cfg.budget) + " is smaller than one page of " + std::to_string(cfg.page_size));
-  if ((info.needs & (policy::kNeedsQK | policy::kNeedsV)) && !in.with_qkv)
-    throw Error(who + "needs the trace's " + std::string(info.needs & policy::kNeedsQK ? "Q and K" : "V") + ", and " +
-                tr.path() + " was captured without them (capture with --with-qkv)");
-  if (!cfg.layer_budgets.empty() && cfg.layer_budgets.size() != in.n_layers)
+  const size_t S = static_cast<size_t>(n_layers) * n_kv_heads;
+  if (!cfg.layer_budgets.empty() && cfg.layer_budgets.size() != n_layers)
     throw Error(who + "layer budgets: " + std::to_string(cfg.layer_budgets.size()) + " values for " +
-                std::to_string(in.n_layers) + " layers");
-  if (!cfg.stream_budgets.empty() && cfg.stream_budgets.size() != static_cast<size_t>(in.n_layers) * in.n_kv_heads)
-    throw Error(who + "head budgets: " + std::to_string(cfg.stream_budgets.size()) + " values for " +
-                std::to_string(in.n_layers * in.n_kv_heads) + " (layer, KV head) streams");
-  if (!cfg.stream_weights.empty() && cfg.stream_weights.size() != static_cast<size_t>(in.n_layers) * in.n_kv_heads)
-    throw Error(who + "stream weights: " + std::to_string(cfg.stream_weights.size()) + " values for " +
-                std::to_string(in.n_layers * in.n_kv_heads) + " (layer, KV head) streams");
+                std::to_string(n_layers) + " layers");
+  if (!cfg.stream_budgets.empty() && cfg.stream_budgets.size() != S)
+    throw Error(who + "head budgets: " + std::to_string(cfg.stream_budgets.size()) + " values for " + std::to_string(S) +
+                " (layer, KV head) streams");
+  if (!cfg.stream_weights.empty() && cfg.stream_weights.size() != S)
+    throw Error(who + "stream weights: " + std::to_string(cfg.stream_weights.size()) + " values for " + std::to_string(S) +
+                " (layer, KV head) streams");
   for (double w : cfg.stream_weights)
     if (!(w >= 0)) throw Error(who + "stream weights must be >= 0");
   for (uint32_t b : cfg.layer_budgets)
     if (b == 0 || b > ctx) throw Error(who + "layer budget " + std::to_string(b) + " outside 1.." + std::to_string(ctx));
   for (uint32_t b : cfg.stream_budgets)
     if (b == 0 || b > ctx) throw Error(who + "head budget " + std::to_string(b) + " outside 1.." + std::to_string(ctx));
+  return params;
+}
+
+void check_allocation(const std::string& who, const std::vector<uint32_t>& given, const std::vector<uint32_t>& proposed,
+                      uint32_t ctx, uint32_t page_size) {
+  uint64_t before = 0, after = 0;
+  for (uint32_t b : given) before += b;
+  for (uint32_t b : proposed) after += b;
+  if (proposed.size() != given.size() || after > before)
+    throw Error(who + " allocated " + std::to_string(after) + " entries of budget, more than the " + std::to_string(before) +
+                " it was given");
+  for (size_t s = 0; s < proposed.size(); ++s)
+    if (proposed[s] == 0 || proposed[s] > ctx || (page_size > 1 && proposed[s] < page_size))
+      throw Error(who + " allocated a budget of " + std::to_string(proposed[s]) + " to stream " + std::to_string(s) +
+                  " (must be at least one page and at most the context)");
+}
+
+json validate(const trace::TraceReader& tr, const ReplayConfig& cfg) {
+  const policy::PolicyInfo& info = policy::find(cfg.policy);
+  const auto& in = tr.info();
+  if (tr.n_steps() == 0) throw Error(tr.path() + ": trace has no steps");
+  const uint32_t ctx = context_of(tr);
+  const std::string who = "sim: " + cfg.policy + ": ";
+  json params = validate_run(cfg, ctx, in.n_layers, in.n_kv_heads, who);
+  if ((info.needs & (policy::kNeedsQK | policy::kNeedsV)) && !in.with_qkv)
+    throw Error(who + "needs the trace's " + std::string(info.needs & policy::kNeedsQK ? "Q and K" : "V") + ", and " +
+                tr.path() + " was captured without them (capture with --with-qkv)");
   if (info.kind == "cache" && cfg.max_steps)
     throw Error(who + "a shortened replay (max_steps) is not available for cache policies");
   if (info.kind == "cache") {
@@ -260,7 +268,7 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
                       : cfg.agg == Aggregation::Mean ? policy::GroupAgg::Mean
                                                      : policy::GroupAgg::Sum};
   const uint32_t S = shape.streams();
-  std::vector<uint32_t> budget = stream_budgets(tr, cfg, full ? ctx : cfg.budget);
+  std::vector<uint32_t> budget = stream_budgets(cfg, in.n_layers, in.n_kv_heads, full ? ctx : cfg.budget);
   auto pol = info.make(params);
   pol->reset(shape);
 
@@ -487,15 +495,7 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
     std::vector<uint32_t> proposed = budget;
     policy::Allocation a{&shape, full ? ctx : cfg.budget, in.prompt_len};
     pol->allocate(a, proposed);
-    uint64_t before = 0, after = 0;
-    for (uint32_t s = 0; s < S; ++s) before += budget[s], after += proposed[s];
-    if (proposed.size() != S || after > before)
-      throw Error("sim: policy " + cfg.policy + " allocated " + std::to_string(after) + " entries of budget, more than the " +
-                  std::to_string(before) + " it was given");
-    for (uint32_t s = 0; s < S; ++s)
-      if (proposed[s] == 0 || proposed[s] > ctx || (B > 1 && proposed[s] < B))
-        throw Error("sim: policy " + cfg.policy + " allocated a budget of " + std::to_string(proposed[s]) + " to stream " +
-                    std::to_string(s) + " (must be at least one page and at most the context)");
+    check_allocation("sim: policy " + cfg.policy, budget, proposed, ctx, B);
     budget = proposed;
   }
   for (uint32_t l = 0; l < in.n_layers; ++l)

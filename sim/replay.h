@@ -88,6 +88,18 @@ struct ReplayResult {
 // with defaults filled in; throws Error naming what is wrong.
 nlohmann::json validate(const trace::TraceReader& trace, const ReplayConfig& cfg);
 
+// The trace-independent checks of validate(), shared with the live run (sim/live.h):
+// known policy, parameters, budget and page size within a context of `ctx` tokens, budget
+// overrides for n_layers x n_kv_heads streams. `who` prefixes the errors.
+nlohmann::json validate_run(const ReplayConfig& cfg, uint32_t ctx, uint32_t n_layers, uint32_t n_kv_heads,
+                            const std::string& who);
+// Per-stream budgets of a run: the uniform budget, or the per-layer / per-stream overrides.
+std::vector<uint32_t> stream_budgets(const ReplayConfig& cfg, uint32_t n_layers, uint32_t n_kv_heads, uint32_t uniform);
+// Checks allocate()'s per-stream budgets against those it was given: same count, sum not
+// grown, each at least one page and at most the context. Errors start with `who`.
+void check_allocation(const std::string& who, const std::vector<uint32_t>& given, const std::vector<uint32_t>& proposed,
+                      uint32_t ctx, uint32_t page_size);
+
 // Every frame of the trace, decoded: [chunk * n_layers + layer].
 std::vector<trace::LayerFrame> decode_all(const trace::TraceReader& trace);
 

@@ -12,12 +12,23 @@
 //   evict_token(l, h, pos)  — the slot stays (a hole), marked dead; attention skips it.
 //   evict_page(l, h, i)     — the i-th page of the stream goes back to the pool; later
 //                             slots move down by page_size (logical indices are transient).
+//   offload_token(l, h, pos) — K/V rows copied to a host-side array, zeroed in the pool,
+//                             slot not live (attention skips it); fetch_token copies back.
+//   quantize_token(l, h, pos, b) — K and V rows stored at b bits (quant_dequant_row): the
+//                             pool holds what a b-bit store gives back on dequantization.
+// Byte counters count an entry as K and V, head_dim values each, at its storage bits (16
+// unless quantized), as the replay simulator does (docs/validation.md).
 #include <cstdint>
 #include <algorithm>
 #include <span>
 #include <vector>
 
 namespace kvscope::cpu {
+
+// Quantize-dequantize one row of d values at `bits` (asymmetric min/max over the row:
+// scale = (max - min) / (2^bits - 1), q = round((x - min) / scale), out = min + q * scale).
+// Returns ||x - out|| / ||x|| (0 for a zero row). out may alias x.
+double quant_dequant_row(const float* x, float* out, uint32_t d, uint32_t bits);
 
 class KVCache {
  public:
@@ -67,6 +78,23 @@ class KVCache {
   bool evict_token(int layer, int kv_head, int32_t pos);
   void evict_page(int layer, int kv_head, int page_index);
 
+  // Offload / fetch / quantize one live (offload, quantize) or offloaded (fetch) token.
+  // Throw Error naming the layer, head and position when the slot is not in that state.
+  void offload_token(int layer, int kv_head, int32_t pos);
+  void fetch_token(int layer, int kv_head, int32_t pos);
+  // keys = false leaves the K row at full precision (a diagnostic: what the replay models).
+  void quantize_token(int layer, int kv_head, int32_t pos, int bits, bool keys = true);
+  // Drops an offloaded token's host copy (eviction from the host tier).
+  void drop_host_token(int layer, int kv_head, int32_t pos);
+  bool on_host(int layer, int kv_head, int slot) const { return !host_pool_.empty() && host_pool_[row(layer, kv_head, slot)] != 0; }
+  int bits(int layer, int kv_head, int slot) const { return bits_pool_[row(layer, kv_head, slot)]; }
+  // Returns the stream's fully dead pages (no live and no offloaded slot, every slot used)
+  // to the pool. Returns how many.
+  int reclaim_dead_pages(int layer, int kv_head);
+  uint64_t bytes_offloaded() const { return bytes_offloaded_; }
+  uint64_t bytes_fetched() const { return bytes_fetched_; }
+  uint64_t entry_bytes(int bits) const { return 2ull * head_dim_ * bits / 8; }
+
   int pages_in_use() const { return total_pages_ - static_cast<int>(free_pages_.size()); }
   int total_pages() const { return total_pages_; }
   int64_t live_tokens() const;
@@ -91,6 +119,11 @@ class KVCache {
   std::vector<float> k_pool_, v_pool_;
   std::vector<int32_t> pos_pool_;
   std::vector<uint8_t> live_pool_;
+  std::vector<uint8_t> bits_pool_;                 // storage bits of each slot (16 unless quantized)
+  std::vector<uint8_t> host_pool_;                 // 1: offloaded (allocated on first offload)
+  std::vector<float> host_k_, host_v_;             // host copies, indexed like the pool
+  uint64_t bytes_offloaded_ = 0, bytes_fetched_ = 0;
+  int64_t slot_row(int layer, int kv_head, int32_t pos, const char* what) const;
 };
 
 }  // namespace kvscope::cpu

@@ -178,7 +178,9 @@ std::span<const float> Runtime::forward(std::span<const int32_t> tokens, bool al
         rope_head(&k_[static_cast<size_t>(t) * kvd + static_cast<size_t>(h) * hd], &rope_cos_[p], &rope_sin_[p], hd, c_.rope);
       kv_.append(l, pos_ + t, &k_[static_cast<size_t>(t) * kvd], &v_[static_cast<size_t>(t) * kvd]);
     }
+    if (hook_) hook_->before_attention(l, pos_, T, q_.data());
     attention(l, T, q_.data(), att_out_.data(), k_.data(), v_.data());
+    if (hook_) hook_->after_attention(l, pos_, T);
     matmul(lw.wo.data(), att_out_.data(), xb_.data(), T, qd, d, threads_);
     for (size_t i = 0; i < static_cast<size_t>(T) * d; ++i) x_[i] += xb_[i];
 

@@ -36,6 +36,18 @@ class AttentionObserver {
   virtual void on_attention(const AttentionRecord& r) = 0;
 };
 
+// Lets a driver act on the KV cache at the right moment of each layer (the live policy
+// run, sim/live.h): before_attention() is called once the batch's K/V rows of `layer` are
+// in the cache and before its attention; after_attention() once the attention (and every
+// AttentionRecord of the layer) is done. q: [T][n_heads][head_dim], RoPE applied;
+// positions first_pos..first_pos+T-1. Called on the calling thread.
+class KVHook {
+ public:
+  virtual ~KVHook() = default;
+  virtual void before_attention(int layer, int32_t first_pos, int T, const float* q) = 0;
+  virtual void after_attention(int layer, int32_t first_pos, int T) {}
+};
+
 struct RuntimeOptions {
   int threads = 0;       // 0: all hardware threads
   int page_size = 16;    // KV cache page size (tokens)
@@ -60,6 +72,7 @@ class Runtime {
   const Model& model() const { return model_; }
   int threads() const { return threads_; }
   void set_observer(AttentionObserver* o) { observer_ = o; }
+  void set_kv_hook(KVHook* h) { hook_ = h; }
 
  private:
   void attention(int layer, int T, const float* q, float* out, const float* k_new, const float* v_new);
@@ -70,6 +83,7 @@ class Runtime {
   KVCache kv_;
   int32_t pos_ = 0;
   AttentionObserver* observer_ = nullptr;
+  KVHook* hook_ = nullptr;
   std::vector<float> rope_cos_, rope_sin_;  // [max_tokens][head_dim/2]
   // Activations, resized to the batch of the current call.
   std::vector<float> x_, xb_, q_, k_, v_, att_out_, gate_, up_, logits_, scores_;
