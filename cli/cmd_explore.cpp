@@ -13,6 +13,7 @@
 #include <memory>
 #include <iostream>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -46,10 +47,12 @@ struct Result {
   std::vector<double> objectives;
 };
 
-// Full-length, error-free, feasible results with all objectives, in hash order.
-std::vector<Result> candidates(const explore::Spec& s, explore::Store& store) {
+// Full-length, error-free, feasible results with all objectives, in hash order;
+// `where`: only the hashes it holds (nullptr: all).
+std::vector<Result> candidates(const explore::Spec& s, explore::Store& store, const std::set<std::string>* where = nullptr) {
   std::vector<Result> out;
   for (auto& r : store.rows()) {
+    if (where && !where->count(r.hash)) continue;
     if (r.partial || r.metrics.contains("error") || !explore::feasible(s, r.metrics)) continue;
     auto ov = explore::objective_vector(s, r.metrics);
     if (!ov) continue;
@@ -143,6 +146,7 @@ struct Options {
   std::string spec_path, db, export_path, csv, json_out;
   unsigned threads = 1;
   bool quiet = false, front = false;
+  std::string where;
   size_t top = 0, per_policy = 0;
   double worker_timeout = 300;
 };
@@ -172,7 +176,7 @@ void run_explore(const Options& o, explore::MpiSession* mpi);
 void add_explore_commands(CLI::App& app) {
   auto* c = app.add_subcommand("explore", "Search a design space (spec) into a SQLite database; front, top-K, exports (docs/explore.md)");
   static Options o;
-  auto& [spec_path, db, export_path, csv, json_out, threads, quiet, front, top, per_policy, worker_timeout] = o;
+  auto& [spec_path, db, export_path, csv, json_out, threads, quiet, front, where, top, per_policy, worker_timeout] = o;
   c->add_option("--spec", spec_path, "Search spec (JSON, docs/explore.md): run the sweep (resumes what the database has)");
   c->add_option("--db", db, "Results database (SQLite)")->required();
   c->add_option("--threads,-j", threads, "Worker threads")->check(CLI::Range(1u, 1024u));
@@ -181,6 +185,9 @@ void add_explore_commands(CLI::App& app) {
   c->add_option("--top", top, "Best K feasible results by the first objective");
   c->add_option("--per-policy", per_policy, "With --top: at most this many results of each policy (diverse candidates)");
   c->add_option("--export", export_path, "With --top: write those candidates (full configurations) as JSON");
+  c->add_option("--where", where,
+                "With --front, --top, --csv, --json: only results meeting this SQL condition over configs JOIN metrics "
+                "(e.g. \"budget <= 64\")");
   c->add_option("--csv", csv, "Write every result as CSV");
   c->add_option("--json", json_out, "Write every result as JSON");
   c->add_option("--worker-timeout", worker_timeout,
@@ -210,7 +217,7 @@ namespace {
 
 // Rank 0 (or the only process): run the sweep, then the views.
 void run_explore(const Options& o, explore::MpiSession* mpi) {
-  const auto& [spec_path, db, export_path, csv, json_out, threads, quiet, front, top, per_policy, worker_timeout] = o;
+  const auto& [spec_path, db, export_path, csv, json_out, threads, quiet, front, where, top, per_policy, worker_timeout] = o;
   // Workers wait for the spec: an error before it is sent must still release them.
   struct Release {
     explore::MpiSession* mpi;
@@ -281,8 +288,11 @@ void run_explore(const Options& o, explore::MpiSession* mpi) {
       if (raw.is_null()) fail(db, "no run recorded (run with --spec first)");
       spec = explore::parse_spec(raw, db + " (spec of the last run)");
     }
+    std::optional<std::set<std::string>> chosen;
+    if (!where.empty()) chosen = store.hashes_where(where);
+    const std::set<std::string>* filter = chosen ? &*chosen : nullptr;
     if (front || top > 0) {
-      const std::vector<Result> cand = candidates(spec, store);
+      const std::vector<Result> cand = candidates(spec, store, filter);
       if (front) {
         const auto f = front_of(cand);
         std::printf("Pareto front: %zu of %zu feasible results\n", f.size(), cand.size());
@@ -308,7 +318,8 @@ void run_explore(const Options& o, explore::MpiSession* mpi) {
       }
     }
     if (!csv.empty() || !json_out.empty()) {
-      const auto rows = store.rows();
+      auto rows = store.rows();
+      if (filter) std::erase_if(rows, [filter](const explore::Store::Row& r) { return !filter->count(r.hash); });
       if (!json_out.empty()) {
         json arr = json::array();
         for (const auto& r : rows)

@@ -141,15 +141,16 @@ void add_validate_commands(CLI::App& app) {
                                "the full cache and the simulator's ranking (docs/validation.md)");
   static std::string candidates, model, db = "results.db", device = "cpu", out, dump;
   static std::vector<std::string> prompts;
-  static uint32_t tokens = 64;
+  static uint32_t tokens = 0;
   static int threads = 0;
   static bool quiet = false, no_quantize_keys = false;
   c->add_option("--candidates", candidates, "Candidates JSON (kvscope explore --top K --export F)")->required();
   c->add_option("--model", model, "Model: a folder, .bin (llama2.c), .gguf or Hugging Face folder")->required();
   c->add_option("--prompts", prompts, "Prompt text file(s), one prompt per file (as kvscope trace --prompt-file)")->required();
   c->add_option("--db", db, "SQLite database to write the results into (default results.db)");
-  c->add_option("--tokens,-n", tokens, "Decode steps scored per prompt (the full cache's greedy continuation; default 64)")
-      ->check(CLI::Range(1u, 1u << 24));
+  c->add_option("--tokens,-n", tokens, "Decode steps scored per prompt (the full cache's greedy continuation); default 0: "
+              "fill the model's context, as the default traces do")
+      ->check(CLI::Range(0u, 1u << 24));
   c->add_option("--device", device, "cpu (default); cuda is not available for the live driver in this build")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   c->add_option("--out,-o", out, "Write the per-candidate results and the summary as JSON");
@@ -173,7 +174,7 @@ void add_validate_commands(CLI::App& app) {
       const std::vector<int32_t> ids = m.tokenizer.encode(read_text_file(p), bos, true);
       if (ids.empty()) fail(p, "the prompt encodes to no tokens");
       try {
-        refs.push_back(sim::reference_run(m, ids, tokens, threads));
+        refs.push_back(sim::reference_run(m, ids, tokens ? tokens : ctx, threads));
       } catch (const Error& e) {
         fail(p, e.what());
       }
@@ -301,6 +302,8 @@ void add_validate_commands(CLI::App& app) {
       std::printf("Spearman rho vs measured KL: output_rel_l2 %.4f, retained_mass %.4f (headline: %s)\n", rho_l2, rho_ret,
                   predictor.c_str());
       std::printf("Spearman rho sim tpot vs CPU step time: %.4f (CPU only: not a validation of the timing model)\n", rho_time);
+      if (std::isnan(rho_l2) || std::isnan(rho_ret))
+        std::printf("(nan: a ranking is undefined when every value ties, e.g. budgets above the context evict nothing)\n");
     }
   });
 }

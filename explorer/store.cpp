@@ -101,6 +101,14 @@ std::set<std::string> Store::done() {
   return out;
 }
 
+std::set<std::string> Store::hashes_where(const std::string& condition) {
+  std::set<std::string> out;
+  // A read-only statement: sqlite3_prepare refuses a second statement after the first.
+  Stmt s(db_, "SELECT hash FROM configs JOIN metrics USING (hash) WHERE (" + condition + ")", path_);
+  while (s.step()) out.insert(s.col_text(0));
+  return out;
+}
+
 std::optional<json> Store::metrics(const std::string& hash) {
   Stmt s(db_, "SELECT json FROM metrics WHERE hash = ?", path_);
   s.text(1, hash);

@@ -25,6 +25,10 @@ class Store {
   std::set<std::string> done();
   // The stored metrics object of a hash.
   std::optional<nlohmann::json> metrics(const std::string& hash);
+  // Hashes of the stored results meeting an SQL condition over the columns of configs
+  // joined with metrics (e.g. "budget <= 64 AND tpot < 0.01"); a bad condition is an
+  // Error naming the database and SQLite's message.
+  std::set<std::string> hashes_where(const std::string& condition);
   // configs + metrics + layer_metrics rows of one configuration, in one transaction.
   void put(const std::string& hash, const nlohmann::json& config, const nlohmann::json& metrics, bool partial);
 

@@ -38,7 +38,7 @@ echo "== design-space search: explorer/specs/default.json into results/results.d
 mkdir -p results
 $KV explore --spec explorer/specs/default.json --db results/results.db -j 2
 $KV explore --db results/results.db --front
-$KV explore --db results/results.db --top 12 --per-policy 1 --export results/candidates.json
+$KV explore --db results/results.db --top 1000 --where "budget <= 128" --export results/candidates.json
 if [ -f "$MODELS/stories260K/stories260K.bin" ]; then
   echo "== validate the candidates on stories260K with each policy enforced in the KV cache =="
   $KV validate --candidates results/candidates.json --model "$MODELS/stories260K/stories260K.bin" \

@@ -301,7 +301,11 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
   };
 
   const bool with_v = in.with_qkv, need_qk = info.needs & policy::kNeedsQK, need_future = info.needs & policy::kNeedsFuture;
-  std::vector<float> vcache(with_v ? cells * hd : 0), vdq, kcache(need_qk ? cells * hd : 0), qbuf(need_qk ? G * hd : 0);
+  // Q and K are kept when the policy reads them, and whenever the trace has them: the
+  // output error of a quantized entry includes its key's error (the score moves).
+  const bool keep_qk = need_qk || with_v;
+  std::vector<float> vcache(with_v ? cells * hd : 0), vdq, kdq, kcache(keep_qk ? cells * hd : 0), qbuf(keep_qk ? G * hd : 0);
+  const double score_scale = 1.0 / std::sqrt(static_cast<double>(hd));
   std::vector<float> rows(static_cast<size_t>(G) * ctx), agg(ctx), top(ctx), future(need_future ? ctx : 0), lse(G);
   std::vector<float> window(static_cast<size_t>(in.prefill_window) * ctx);
   std::vector<double> o_full(hd), o_kept(hd);
@@ -419,8 +423,9 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
       set_hbm(s, j, true);
       ++out.quantized;
       if (with_v) {
-        if (vdq.empty()) vdq.assign(cells * hd, 0.0f);
+        if (vdq.empty()) vdq.assign(cells * hd, 0.0f), kdq.assign(cells * hd, 0.0f);
         quant_err += quantize_row(vcache.data() + (base + j) * hd, vdq.data() + (base + j) * hd, hd, nb);
+        quantize_row(kcache.data() + (base + j) * hd, kdq.data() + (base + j) * hd, hd, nb);
       }
     }
     for (uint32_t j : plan.fetch) {
@@ -468,7 +473,7 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
       for (uint32_t t = 0; t < sv.n_queries; ++t) {
         const size_t c = static_cast<size_t>(s) * ctx + sv.first_pos + t;
         if (with_v) trace::halves_to_floats(sv.v + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd, vcache.data() + c * hd, hd);
-        if (need_qk) trace::halves_to_floats(sv.k + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd, kcache.data() + c * hd, hd);
+        if (keep_qk) trace::halves_to_floats(sv.k + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd, kcache.data() + c * hd, hd);
       }
       policy::StreamView v = view_of(0, l, kvh, n, true);
       for (uint32_t g = 0; g < G; ++g) fold(agg.data(), sv.colsum + static_cast<size_t>(kvh * G + g) * sv.n_queries, n, g == 0);
@@ -523,7 +528,7 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
           const size_t base = static_cast<size_t>(s) * ctx;
           append(s, j_new);
           if (with_v) trace::halves_to_floats(sv.v + static_cast<size_t>(kvh) * hd, vcache.data() + (base + j_new) * hd, hd);
-          if (need_qk) {
+          if (keep_qk) {
             trace::halves_to_floats(sv.k + static_cast<size_t>(kvh) * hd, kcache.data() + (base + j_new) * hd, hd);
             for (uint32_t g = 0; g < G; ++g)
               trace::halves_to_floats(sv.q + static_cast<size_t>(kvh * G + g) * hd, qbuf.data() + static_cast<size_t>(g) * hd, hd);
@@ -575,22 +580,35 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
               const float* V = vcache.data() + base * hd;
               const float* VQ = vdq.empty() ? nullptr : vdq.data() + base * hd;
               const uint8_t* bt = bits.data() + base;
+              const float* K = kcache.data() + base * hd;
+              const float* KQ = kdq.empty() ? nullptr : kdq.data() + base * hd;
+              const float* q = qbuf.data() + static_cast<size_t>(g) * hd;
               std::fill(o_full.begin(), o_full.end(), 0.0);
               std::fill(o_kept.begin(), o_kept.end(), 0.0);
-              double total = 0;
+              double total = 0, kept_w = 0;
               for (uint32_t j = 0; j < n; ++j) {
                 if (row[j] == 0.0f) continue;
                 total += row[j];
                 const float* vj = V + static_cast<size_t>(j) * hd;
-                const float* vk = (res[j] && bt[j] < 16) ? VQ + static_cast<size_t>(j) * hd : vj;
+                const bool quant = res[j] && bt[j] < 16;
+                const float* vk = quant ? VQ + static_cast<size_t>(j) * hd : vj;
+                // A quantized key moves the score by q.(k^ - k)/sqrt(d): its weight by exp of that.
+                double w = row[j];
+                if (quant) {
+                  const float *kj = K + static_cast<size_t>(j) * hd, *kq = KQ + static_cast<size_t>(j) * hd;
+                  double dz = 0;
+                  for (uint32_t d = 0; d < hd; ++d) dz += static_cast<double>(q[d]) * (kq[d] - kj[d]);
+                  w *= std::exp(dz * score_scale);
+                }
+                if (res[j]) kept_w += w;
                 for (uint32_t d = 0; d < hd; ++d) {
                   o_full[d] += static_cast<double>(row[j]) * vj[d];
-                  if (res[j]) o_kept[d] += static_cast<double>(row[j]) * vk[d];
+                  if (res[j]) o_kept[d] += w * vk[d];
                 }
               }
               double num = 0, den = 0;
               for (uint32_t d = 0; d < hd; ++d) {
-                const double f = o_full[d] / total, k = kept > 0 ? o_kept[d] / kept : 0.0;
+                const double f = o_full[d] / total, k = kept_w > 0 ? o_kept[d] / kept_w : 0.0;
                 num += (k - f) * (k - f);
                 den += f * f;
               }

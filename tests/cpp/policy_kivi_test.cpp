@@ -48,7 +48,7 @@ Ref kivi_replay(const trace::TraceReader& tr, uint32_t B, uint32_t b, uint32_t r
     for (uint32_t kvh = 0; kvh < in.n_kv_heads; ++kvh) {
       std::vector<uint32_t> bits(ctx, 0);
       std::vector<float> score(ctx, 0.0f);
-      std::vector<std::vector<float>> V(ctx), VQ(ctx);
+      std::vector<std::vector<float>> V(ctx), VQ(ctx), K(ctx), KQ(ctx);
       auto shrink = [&](uint32_t n) {
         std::vector<uint8_t> fresh(n, 0);  // quantized during this step
         auto units = [&] {
@@ -75,7 +75,7 @@ Ref kivi_replay(const trace::TraceReader& tr, uint32_t B, uint32_t b, uint32_t r
           }
         }
         for (uint32_t j = 0; j < n; ++j)
-          if (fresh[j]) qerr += quant_error(V[j], b, VQ[j]), ++ref.quantized;
+          if (fresh[j]) qerr += quant_error(V[j], b, VQ[j]), quant_error(K[j], b, KQ[j]), ++ref.quantized;
       };
       for (uint32_t ci = 0; ci < tr.chunks().size(); ++ci) {
         tr.read_frame(ci, l, f);
@@ -83,8 +83,9 @@ Ref kivi_replay(const trace::TraceReader& tr, uint32_t B, uint32_t b, uint32_t r
           for (uint32_t t = 0; t < sv.n_queries; ++t) {
             const uint32_t j = sv.first_pos + t;
             bits[j] = 16;
-            V[j].resize(hd);
+            V[j].resize(hd), K[j].resize(hd);
             for (uint32_t d = 0; d < hd; ++d) V[j][d] = f16_to_f32(sv.v[(size_t(t) * in.n_kv_heads + kvh) * hd + d]);
+            for (uint32_t d = 0; d < hd; ++d) K[j][d] = f16_to_f32(sv.k[(size_t(t) * in.n_kv_heads + kvh) * hd + d]);
           }
           const uint32_t n = sv.first_pos + sv.n_queries;
           std::vector<float> agg(n, 0.0f);
@@ -98,21 +99,31 @@ Ref kivi_replay(const trace::TraceReader& tr, uint32_t B, uint32_t b, uint32_t r
           shrink(n);
           for (uint32_t g = 0; g < G; ++g) {
             const auto row = dense_row(sv, kvh * G + g, in.n_heads);
-            double kept = 0, total = 0;
+            double kept = 0, kept_w = 0, total = 0;
             std::vector<double> of(hd, 0.0), ok(hd, 0.0);
             for (uint32_t j = 0; j < n; ++j) {
               if (bits[j]) kept += row[j];
               if (row[j] == 0.0f) continue;
               total += row[j];
-              const auto& vk = bits[j] && bits[j] < 16 ? VQ[j] : V[j];
+              const bool quant = bits[j] && bits[j] < 16;
+              const auto& vk = quant ? VQ[j] : V[j];
+              // The quantized key shifts the score by q.(k^ - k)/sqrt(d).
+              double wj = row[j];
+              if (quant) {
+                double dz = 0;
+                for (uint32_t d = 0; d < hd; ++d)
+                  dz += double(f16_to_f32(sv.q[size_t(kvh * G + g) * hd + d])) * (KQ[j][d] - K[j][d]);
+                wj *= std::exp(dz / std::sqrt(double(hd)));
+              }
+              if (bits[j]) kept_w += wj;
               for (uint32_t d = 0; d < hd; ++d) {
                 of[d] += double(row[j]) * V[j][d];
-                if (bits[j]) ok[d] += double(row[j]) * vk[d];
+                if (bits[j]) ok[d] += wj * vk[d];
               }
             }
             double num = 0, den = 0;
             for (uint32_t d = 0; d < hd; ++d) {
-              const double fo = of[d] / total, ko = ok[d] / kept;
+              const double fo = of[d] / total, ko = ok[d] / kept_w;
               num += (ko - fo) * (ko - fo);
               den += fo * fo;
             }
@@ -184,14 +195,16 @@ TEST(PolicyKivi, BytesWithinBudgetEntriesBeyondIt) {
     }
 }
 
-// Keeping more entries at low precision beats evicting them (H2O at the same budget) on the
-// attention output.
-TEST(PolicyKivi, SmallerOutputErrorThanH2oAtTheSameBudget) {
+// Keeping more entries at low precision retains more attention mass than evicting them
+// (H2O at the same budget); on the output, 4-bit entries err less than 2-bit ones. (At
+// head_dim 8 a 2-bit per-token key has 4 levels over 8 values: KIVI's output error is
+// above H2O's here, as the live run measures too, docs/validation.md.)
+TEST(PolicyKivi, MoreMassThanH2oLessErrorWithMoreBits) {
   trace::TraceReader tr(default_trace());
   for (uint32_t B : {32u, 64u, 128u}) {
-    const auto k = run(tr, "kivi", B), h = run(tr, "h2o", B);
-    EXPECT_LT(k.output_rel_l2, h.output_rel_l2) << "B=" << B;
-    EXPECT_GT(k.retained_mass, h.retained_mass) << "B=" << B;
+    const auto k2 = run(tr, "kivi", B), k4 = run(tr, "kivi", B, {{"bits", 4}}), h = run(tr, "h2o", B);
+    EXPECT_GT(k2.retained_mass, h.retained_mass) << "B=" << B;
+    EXPECT_LT(k4.output_rel_l2, k2.output_rel_l2) << "B=" << B;
   }
 }
 
