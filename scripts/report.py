@@ -694,12 +694,16 @@ def section_validation(out, con):
         summary = con.execute("SELECT id, created, model, prompts, device, n, policies, rho_quality, rho_time, "
                               "quality_predictor FROM validation_summary ORDER BY id").fetchall()
     pred = "sim_retained_mass"
-    if summary and summary[-1][9] in ("sim_retained_mass", "sim_output_rel_l2"):
-        pred = summary[-1][9]
+    if summary and summary[-1][9]:  # kvscope validate names it without the sim_ prefix
+        named = summary[-1][9] if summary[-1][9].startswith("sim_") else "sim_" + summary[-1][9]
+        if named in ("sim_retained_mass", "sim_output_rel_l2"):
+            pred = named
     pi = {"sim_retained_mass": 12, "sim_output_rel_l2": 13}[pred]
     q = [(r[pi], r[7], r) for r in rows if r[pi] is not None and r[7] is not None]
     t = [(r[14], r[11], r) for r in rows if r[14] is not None and r[11] is not None]
-    rho_q = spearman([a for a, _, _ in q], [b for _, b, _ in q])
+    # Sign-aligned as kvscope validate reports it: more retained mass should mean less KL.
+    sign = -1.0 if pred == "sim_retained_mass" else 1.0
+    rho_q = spearman([sign * a for a, _, _ in q], [b for _, b, _ in q])
     rho_t = spearman([a for a, _, _ in t], [b for _, b, _ in t])
     pols = policy_colors({r[4] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))

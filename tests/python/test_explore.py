@@ -220,6 +220,12 @@ run("explore", "--db", db1, "--top", "12", "--per-policy", "1", "--export", cand
 top = json.load(open(cand))
 pols = [c["config"]["policy"] for c in top]
 check(len(top) == 12 and len(set(pols)) == 12, f"--per-policy 1: 12 distinct policies, got {pols}")
+# --where: an SQL condition over configs JOIN metrics narrows every view; a bad one names the db.
+run("explore", "--db", db1, "--top", "1000", "--where", "budget = 32 AND policy != 'h2o'", "--export", cand)
+top = json.load(open(cand))
+check(len(top) > 0 and all(c["config"]["budget"] == 32 and c["config"]["policy"] != "h2o" for c in top), "--where filters")
+p = run("explore", "--db", db1, "--front", "--where", "budget = ", ok=False)
+check(p.returncode == 1 and db1 in p.stderr and "syntax error" in p.stderr, "bad --where: " + p.stderr.strip())
 csv_path, json_path = os.path.join(tmp, "all.csv"), os.path.join(tmp, "all.json")
 run("explore", "--db", db1, "--csv", csv_path, "--json", json_path)
 check(len(list(csv.DictReader(open(csv_path)))) == n_configs, "CSV rows")

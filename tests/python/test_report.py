@@ -83,7 +83,7 @@ with sqlite3.connect(db) as con:
                     (f"fixture{i:02d}", "stories260K", "fixture-prompts", "cpu", pol, b, 1, kl, top1, 9.0 + kl, 9.0, ms,
                      0, 0, mass, 1.0 - mass, tpot, "2026-01-01T00:00:00Z", '{"fixture": true}'))
     con.execute("INSERT INTO validation_summary VALUES (1, '2026-01-01T00:00:00Z', 'stories260K', 'fixture-prompts', "
-                "'cpu', 6, 4, -0.9, 0.8, 'sim_retained_mass', '{\"fixture\": true}')")
+                "'cpu', 6, 4, 0.9, 0.8, 'sim_retained_mass', '{\"fixture\": true}')")
 
 
 def textbook_spearman(x, y):  # no ties in the fixture: 1 - 6 sum d^2 / (n (n^2 - 1))
@@ -102,14 +102,14 @@ page_b = open(os.path.join(out_b, "index.html"), encoding="utf-8").read()
 data = json.load(open(os.path.join(out_b, "data.json")))
 check("no validation results yet" not in page_b, "(b) validation rows are plotted")
 check(os.path.exists(os.path.join(out_b, "validation.png")), "(b) validation figure written")
-rq = textbook_spearman([r[5] for r in fixture], [r[2] for r in fixture])
+rq = textbook_spearman([-r[5] for r in fixture], [r[2] for r in fixture])  # sign-aligned: more mass, less KL
 rt = textbook_spearman([r[6] for r in fixture], [r[4] for r in fixture])
 m = re.search(r'id="rho_quality">([^<]+)<', page_b), re.search(r'id="rho_time">([^<]+)<', page_b)
 check(m[0] and abs(float(m[0].group(1)) - rq) < 1e-3, f"rho quality on the page {m[0] and m[0].group(1)} vs {rq}")
 check(m[1] and abs(float(m[1].group(1)) - rt) < 1e-3, f"rho time on the page {m[1] and m[1].group(1)} vs {rt}")
 check(abs(data["validation"]["rho_quality"] - rq) < 1e-12 and abs(data["validation"]["rho_time"] - rt) < 1e-12,
       "rho in data.json")
-check(rq < -0.9 and rt > 0.5, f"fixture correlations have the expected signs ({rq}, {rt})")
+check(rq > 0.9 and rt > 0.5, f"fixture correlations have the expected signs ({rq}, {rt})")
 
 # Every figure is a file next to the page, and every <img> names one of them.
 pngs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out_b, "*.png")))
