@@ -52,16 +52,9 @@ LiveDriver::LiveDriver(cpu::Runtime& rt, const ReplayConfig& cfg, uint32_t prefi
   pol_ = info_->make(params_);
   pol_->reset(shape_);
   const uint32_t S = shape_.streams();
-  budget_ = stream_budgets(cfg, L, H, cfg.policy == "full" ? ctx_ : cfg.budget);
+  book_ = std::make_unique<Ledger>(shape_, ctx_, stream_budgets(cfg, L, H, cfg.policy == "full" ? ctx_ : cfg.budget),
+                                   "live: policy " + cfg.policy);
   const size_t cells = static_cast<size_t>(S) * ctx_;
-  where_.assign(cells, policy::kEvicted);
-  resident_.assign(cells, 0);
-  bits_.assign(cells, 16);
-  n_res_.assign(S, 0);
-  units_.assign(S, 0.0);
-  PB_ = cfg.page_size > 1 ? cfg.page_size : 16;
-  n_pages_ = (ctx_ + PB_ - 1) / PB_;
-  page_count_.assign(static_cast<size_t>(S) * n_pages_, 0);
   if (need_qk_) keys_.assign(cells * shape_.head_dim, 0.0f);
   const uint32_t Hq = static_cast<uint32_t>(mc.n_heads);
   rows_.assign(static_cast<size_t>(Hq) * ctx_, 0.0f);
@@ -90,108 +83,57 @@ void LiveDriver::scale(float* x, uint32_t n) const {
   for (uint32_t j = 0; j < n; ++j) x[j] *= f;
 }
 
-void LiveDriver::set_hbm(uint32_t s, uint32_t j, bool on) {
-  const size_t c = static_cast<size_t>(s) * ctx_ + j;
-  resident_[c] = on;
-  uint32_t& pc = page_count_[static_cast<size_t>(s) * n_pages_ + j / PB_];
-  if (on) ++n_res_[s], units_[s] += bits_[c] / 16.0, ++pc;
-  else --n_res_[s], units_[s] -= bits_[c] / 16.0, --pc;
-}
+namespace {
 
-void LiveDriver::book_append(uint32_t s, uint32_t j) {
-  const size_t c = static_cast<size_t>(s) * ctx_ + j;
-  where_[c] = policy::kHbm;
-  bits_[c] = 16;
-  set_hbm(s, j, true);
-}
+// The real cache follows the ledger: every booked move is done to it too.
+struct CacheMoves final : Ledger::Moves {
+  cpu::KVCache& kv;
+  const policy::Shape& shape;
+  LiveStats& stats;
+  bool quantize_keys;
+  CacheMoves(cpu::KVCache& k, const policy::Shape& sh, LiveStats& st, bool qk) : kv(k), shape(sh), stats(st), quantize_keys(qk) {}
+  int layer(uint32_t s) const { return static_cast<int>(s / shape.n_kv_heads); }
+  int head(uint32_t s) const { return static_cast<int>(s % shape.n_kv_heads); }
+  void evicted(uint32_t s, uint32_t j, uint8_t was) override {
+    if (was == policy::kHbm) {
+      if (!kv.evict_token(layer(s), head(s), static_cast<int32_t>(j)))
+        throw Error("live: position " + std::to_string(j) + " of stream " + std::to_string(s) + " not live in the cache");
+    } else {
+      kv.drop_host_token(layer(s), head(s), static_cast<int32_t>(j));
+    }
+    ++stats.evictions;
+  }
+  void offloaded(uint32_t s, uint32_t j, uint8_t bits) override {
+    kv.offload_token(layer(s), head(s), static_cast<int32_t>(j));
+    ++stats.offloads;
+    stats.bytes_offloaded += kv.entry_bytes(bits);
+  }
+  void quantized(uint32_t s, uint32_t j, uint8_t bits) override {
+    kv.quantize_token(layer(s), head(s), static_cast<int32_t>(j), bits, quantize_keys);
+    ++stats.quantized;
+  }
+  void fetched(uint32_t s, uint32_t j, uint8_t bits) override {
+    kv.fetch_token(layer(s), head(s), static_cast<int32_t>(j));
+    ++stats.fetches;
+    stats.bytes_fetched += kv.entry_bytes(bits);
+  }
+};
 
-policy::StreamView LiveDriver::view_of(uint32_t l, uint32_t kvh, uint32_t n, bool prefill) const {
-  policy::StreamView v;
-  v.step = step_;
-  v.layer = l;
-  v.kv_head = kvh;
-  v.stream = shape_.stream(l, kvh);
-  v.prefill = prefill;
-  v.n = n;
-  v.page_size = shape_.page_size;
-  const size_t base = static_cast<size_t>(v.stream) * ctx_;
-  v.resident = resident_.data() + base;
-  v.where = where_.data() + base;
-  v.bits = bits_.data() + base;
-  v.n_resident = n_res_[v.stream];
-  v.hbm_units = units_[v.stream];
-  v.budget = budget_[v.stream];
-  v.head_dim = shape_.head_dim;
-  v.group = shape_.group;
-  return v;
-}
+}  // namespace
 
-void LiveDriver::bad(const policy::StreamView& v, const std::string& what) const {
-  throw Error("live: policy " + cfg_.policy + " at step " + std::to_string(v.step) + ", layer " + std::to_string(v.layer) +
-              ", KV head " + std::to_string(v.kv_head) + ": " + what);
-}
-
-// plan(), then the moves applied to the bookkeeping and to the real cache in the replay's
-// order (evict, offload, quantize, fetch), checked as the replay checks them.
+// plan(), then the moves booked and done to the real cache in the replay's order (evict,
+// offload, quantize, fetch), checked by the ledger as the replay checks them.
 void LiveDriver::run_plan(policy::StreamView& v) {
   plan_.clear();
   pol_->plan(v, plan_);
-  const uint32_t s = v.stream;
   const int l = static_cast<int>(v.layer), h = static_cast<int>(v.kv_head);
-  const size_t base = static_cast<size_t>(s) * ctx_;
   cpu::KVCache& kv = rt_.kv();
-  for (uint32_t j : plan_.evict) {
-    if (j >= v.n || where_[base + j] == policy::kEvicted) bad(v, "evicted position " + std::to_string(j) + ", not cached");
-    if (where_[base + j] == policy::kHbm) {
-      set_hbm(s, j, false);
-      if (!kv.evict_token(l, h, static_cast<int32_t>(j))) bad(v, "position " + std::to_string(j) + " not live in the cache");
-    } else {
-      kv.drop_host_token(l, h, static_cast<int32_t>(j));
-    }
-    where_[base + j] = policy::kEvicted;
-    ++stats_.evictions;
-  }
-  for (uint32_t j : plan_.offload) {
-    if (j >= v.n || where_[base + j] != policy::kHbm) bad(v, "offloaded position " + std::to_string(j) + ", not in HBM");
-    set_hbm(s, j, false);
-    where_[base + j] = policy::kHost;
-    kv.offload_token(l, h, static_cast<int32_t>(j));
-    ++stats_.offloads;
-    stats_.bytes_offloaded += kv.entry_bytes(bits_[base + j]);
-  }
-  for (const auto& jq : plan_.quantize) {
-    const uint32_t j = jq.first;
-    const uint8_t nb = jq.second;
-    if (j >= v.n || where_[base + j] != policy::kHbm) bad(v, "quantized position " + std::to_string(j) + ", not in HBM");
-    if (!(nb == 8 || nb == 4 || nb == 2) || nb >= bits_[base + j])
-      bad(v, "quantized position " + std::to_string(j) + " to " + std::to_string(nb) + " bits from " +
-                 std::to_string(bits_[base + j]));
-    set_hbm(s, j, false);
-    bits_[base + j] = nb;
-    set_hbm(s, j, true);
-    kv.quantize_token(l, h, static_cast<int32_t>(j), nb, quantize_keys_);
-    ++stats_.quantized;
-  }
-  for (uint32_t j : plan_.fetch) {
-    if (j >= v.n || where_[base + j] != policy::kHost) bad(v, "fetched position " + std::to_string(j) + ", not on host");
-    where_[base + j] = policy::kHbm;
-    set_hbm(s, j, true);
-    kv.fetch_token(l, h, static_cast<int32_t>(j));
-    ++stats_.fetches;
-    stats_.bytes_fetched += kv.entry_bytes(bits_[base + j]);
-  }
-  if (units_[s] > budget_[s] + 1e-9)
-    bad(v, "left " + std::to_string(units_[s]) + " entries in HBM, over its budget of " + std::to_string(budget_[s]));
-  if (shape_.page_size > 1)
-    for (const auto* list : {&plan_.evict, &plan_.offload})
-      for (uint32_t j : *list)
-        if (page_count_[static_cast<size_t>(s) * n_pages_ + j / PB_] != 0)
-          bad(v, "moved position " + std::to_string(j) + " without the rest of its page of " + std::to_string(shape_.page_size));
+  CacheMoves moves(kv, shape_, stats_, quantize_keys_);
+  book_->apply(v, plan_, moves);
   if (!plan_.evict.empty()) kv.reclaim_dead_pages(l, h);
-  if (static_cast<uint32_t>(kv.n_live(l, h)) != n_res_[s])
-    bad(v, "the cache holds " + std::to_string(kv.n_live(l, h)) + " live entries, the bookkeeping " + std::to_string(n_res_[s]));
-  v.n_resident = n_res_[s];
-  v.hbm_units = units_[s];
+  if (static_cast<uint32_t>(kv.n_live(l, h)) != book_->n_resident(v.stream))
+    book_->bad(v, "the cache holds " + std::to_string(kv.n_live(l, h)) + " live entries, the ledger " +
+                      std::to_string(book_->n_resident(v.stream)));
 }
 
 std::span<const float> LiveDriver::prefill(std::span<const int32_t> prompt) {
@@ -214,14 +156,14 @@ std::span<const float> LiveDriver::prefill(std::span<const int32_t> prompt) {
     throw;
   }
   in_prefill_ = false;
-  std::vector<uint32_t> proposed = budget_;
+  std::vector<uint32_t> proposed = book_->budgets();
   const policy::Allocation a{&shape_, cfg_.policy == "full" ? ctx_ : cfg_.budget, P};
   pol_->allocate(a, proposed);
-  check_allocation("live: policy " + cfg_.policy, budget_, proposed, ctx_, shape_.page_size);
-  budget_ = proposed;
+  check_allocation("live: policy " + cfg_.policy, book_->budgets(), proposed, ctx_, shape_.page_size);
+  book_->budgets() = proposed;
   for (uint32_t l = 0; l < shape_.n_layers; ++l)
     for (uint32_t kvh = 0; kvh < shape_.n_kv_heads; ++kvh) {
-      policy::StreamView v = view_of(l, kvh, P, true);
+      policy::StreamView v = book_->view(step_, l, kvh, P, true);
       run_plan(v);
     }
   step_ = 1;
@@ -242,8 +184,8 @@ void LiveDriver::before_attention(int layer, int32_t first_pos, int T, const flo
   const cpu::KVCache& kv = rt_.kv();
   for (uint32_t kvh = 0; kvh < shape_.n_kv_heads; ++kvh) {
     const uint32_t s = shape_.stream(l, kvh);
-    book_append(s, j);
-    policy::StreamView v = view_of(l, kvh, j + 1, false);
+    book_->append(s, j);
+    policy::StreamView v = book_->view(step_, l, kvh, j + 1, false);
     if (need_qk_) {
       const int slot = kv.n_slots(layer, static_cast<int>(kvh)) - 1;
       if (slot < 0 || kv.pos(layer, static_cast<int>(kvh), slot) != first_pos) throw Error("live: the new entry is not the stream's last slot");
@@ -282,14 +224,14 @@ void LiveDriver::after_attention(int layer, int32_t first_pos, int T) {
     for (size_t i = 0; i < colsum_.size(); ++i) tmp_[i] = static_cast<float>(colsum_[i]);
     for (uint32_t kvh = 0; kvh < shape_.n_kv_heads; ++kvh) {
       const uint32_t s = shape_.stream(l, kvh);
-      for (uint32_t j = 0; j < P; ++j) book_append(s, j);
+      for (uint32_t j = 0; j < P; ++j) book_->append(s, j);
       if (need_qk_)
         for (int slot = 0; slot < kv.n_slots(layer, static_cast<int>(kvh)); ++slot) {
           const float* k = kv.k(layer, static_cast<int>(kvh), slot);
           const size_t p = static_cast<size_t>(kv.pos(layer, static_cast<int>(kvh), slot));
           std::copy(k, k + hd, keys_.begin() + (static_cast<size_t>(s) * ctx_ + p) * hd);
         }
-      policy::StreamView v = view_of(l, kvh, P, true);
+      policy::StreamView v = book_->view(step_, l, kvh, P, true);
       for (uint32_t g = 0; g < G; ++g) fold(agg_.data(), tmp_.data() + static_cast<size_t>(kvh * G + g) * P, P, g == 0);
       scale(agg_.data(), P);
       for (uint32_t r = 0; r < nw; ++r) {
@@ -315,13 +257,13 @@ void LiveDriver::after_attention(int layer, int32_t first_pos, int T) {
     const uint32_t s = shape_.stream(l, kvh);
     for (uint32_t g = 0; g < G; ++g) fold(agg_.data(), rows_.data() + static_cast<size_t>(kvh * G + g) * ctx_, n, g == 0);
     scale(agg_.data(), n);
-    policy::StreamView v = view_of(l, kvh, n, false);
+    policy::StreamView v = book_->view(step_, l, kvh, n, false);
     v.attn = agg_.data();
     v.lse = lse_.data() + static_cast<size_t>(kvh) * G;
     v.head_attn = rows_.data() + static_cast<size_t>(kvh) * G * ctx_;
     v.head_stride = ctx_;
     pol_->observe(v);
-    hbm_sum_ += n_res_[s], hbm_n_ += 1;
+    hbm_sum_ += book_->n_resident(s), hbm_n_ += 1;
   }
   stats_.mean_hbm_entries = hbm_n_ ? hbm_sum_ / hbm_n_ : 0.0;
 }

@@ -14,6 +14,7 @@
 
 #include "kernels/cpu/runtime.h"
 #include "policies/policy.h"
+#include "sim/ledger.h"
 #include "sim/replay.h"
 
 namespace kvscope::sim {
@@ -49,20 +50,16 @@ class LiveDriver final : public cpu::KVHook, public cpu::AttentionObserver {
   const LiveStats& stats() const { return stats_; }
   const nlohmann::json& params() const { return params_; }
   // Bookkeeping of one stream: entries in HBM and their 16-bit units.
-  uint32_t n_resident(uint32_t layer, uint32_t kv_head) const { return n_res_[shape_.stream(layer, kv_head)]; }
-  double hbm_units(uint32_t layer, uint32_t kv_head) const { return units_[shape_.stream(layer, kv_head)]; }
-  uint32_t budget(uint32_t layer, uint32_t kv_head) const { return budget_[shape_.stream(layer, kv_head)]; }
+  uint32_t n_resident(uint32_t layer, uint32_t kv_head) const { return book_->n_resident(shape_.stream(layer, kv_head)); }
+  double hbm_units(uint32_t layer, uint32_t kv_head) const { return book_->units(shape_.stream(layer, kv_head)); }
+  uint32_t budget(uint32_t layer, uint32_t kv_head) const { return book_->budgets()[shape_.stream(layer, kv_head)]; }
 
   void before_attention(int layer, int32_t first_pos, int T, const float* q) override;
   void after_attention(int layer, int32_t first_pos, int T) override;
   void on_attention(const cpu::AttentionRecord& r) override;
 
  private:
-  policy::StreamView view_of(uint32_t l, uint32_t kvh, uint32_t n, bool prefill) const;
-  void book_append(uint32_t s, uint32_t j);
-  void set_hbm(uint32_t s, uint32_t j, bool on);
   void run_plan(policy::StreamView& v);
-  [[noreturn]] void bad(const policy::StreamView& v, const std::string& what) const;
   void fold(float* dst, const float* src, uint32_t n, bool first) const;
   void scale(float* x, uint32_t n) const;
 
@@ -73,11 +70,9 @@ class LiveDriver final : public cpu::KVHook, public cpu::AttentionObserver {
   std::unique_ptr<policy::Policy> pol_;
   policy::Shape shape_;
   policy::Plan plan_;
-  uint32_t ctx_ = 0, prefill_window_ = 32, prompt_len_ = 0, step_ = 0, PB_ = 16, n_pages_ = 0;
+  uint32_t ctx_ = 0, prefill_window_ = 32, prompt_len_ = 0, step_ = 0;
   bool in_prefill_ = false, need_qk_ = false, quantize_keys_ = true;
-  std::vector<uint8_t> where_, resident_, bits_;
-  std::vector<uint32_t> n_res_, page_count_, budget_;
-  std::vector<double> units_;
+  std::unique_ptr<Ledger> book_;  // where every entry is, as the replay books it
   std::vector<float> keys_;               // [S][ctx][hd] (query-aware policies)
   std::vector<double> colsum_;            // prefill: [H][P]
   std::vector<float> window_rows_;        // prefill: [H][nw][P]

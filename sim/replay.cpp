@@ -8,6 +8,7 @@
 #include "kernels/cpu/simd.h"
 #include "kernels/io/error.h"
 #include "policies/registry.h"
+#include "sim/ledger.h"
 #include "sim/pages.h"
 
 namespace kvscope::sim {
@@ -268,18 +269,12 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
                       : cfg.agg == Aggregation::Mean ? policy::GroupAgg::Mean
                                                      : policy::GroupAgg::Sum};
   const uint32_t S = shape.streams();
-  std::vector<uint32_t> budget = stream_budgets(cfg, in.n_layers, in.n_kv_heads, full ? ctx : cfg.budget);
   auto pol = info.make(params);
   pol->reset(shape);
 
-  // Where every entry lives, per stream (struct of arrays).
+  // Where every entry lives, per stream (sim/ledger.h).
   const size_t cells = static_cast<size_t>(S) * ctx;
-  std::vector<uint8_t> where(cells, policy::kEvicted), resident(cells, 0), bits(cells, 16);
-  std::vector<uint32_t> n_res(S, 0), n_host(S, 0);
-  std::vector<double> units(S, 0.0);
-  // Pages with at least one HBM entry (page size B, or 16 at token granularity).
-  const uint32_t PB = B > 1 ? B : 16, n_pages = (ctx + PB - 1) / PB;
-  std::vector<uint32_t> page_count(static_cast<size_t>(S) * n_pages, 0), pages_res(S, 0);
+  Ledger book(shape, ctx, stream_budgets(cfg, in.n_layers, in.n_kv_heads, full ? ctx : cfg.budget), "sim: policy " + cfg.policy);
   const uint64_t entry_bytes = 2ull * hd * 2;  // K and V at 16 bits
   auto bytes_at = [&](uint8_t b) { return entry_bytes * b / 16; };
   auto weight = [&](uint32_t s) { return cfg.stream_weights.empty() ? 1.0 : cfg.stream_weights[s]; };
@@ -346,107 +341,47 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
       for (uint32_t i = 0; i < rv.n; ++i) dst[rv.keys[i]] = f16_to_f32(rv.probs[i]);
   };
 
-  auto set_hbm = [&](uint32_t s, uint32_t j, bool on) {
-    const size_t c = static_cast<size_t>(s) * ctx + j;
-    resident[c] = on;
-    uint32_t& pc = page_count[static_cast<size_t>(s) * n_pages + j / PB];
-    if (on) {
-      ++n_res[s], units[s] += bits[c] / 16.0;
-      if (pc++ == 0) ++pages_res[s];
-    } else {
-      --n_res[s], units[s] -= bits[c] / 16.0;
-      if (--pc == 0) --pages_res[s];
+  // What a move costs beyond the ledger: counters, bytes, and quantized K/V rows.
+  struct Costs final : Ledger::Moves {
+    ReplayResult& out;
+    StepMetrics* m = nullptr;
+    double w = 1;
+    std::function<uint64_t(uint8_t)> bytes;
+    std::function<void(uint32_t, uint32_t, uint8_t)> quantize_rows;
+    explicit Costs(ReplayResult& o) : out(o) {}
+    void evicted(uint32_t, uint32_t, uint8_t) override { ++out.evictions, ++m->evictions; }
+    void offloaded(uint32_t, uint32_t, uint8_t bits) override {
+      const uint64_t b = bytes(bits);
+      out.bytes_offloaded += b, m->bytes_offloaded += b, ++out.offloads;
+      m->t_offload_units += w * bits / 16.0;
     }
-  };
-  auto append = [&](uint32_t s, uint32_t j) {
+    void quantized(uint32_t s, uint32_t j, uint8_t bits) override {
+      ++out.quantized;
+      quantize_rows(s, j, bits);
+    }
+    void fetched(uint32_t, uint32_t, uint8_t bits) override {
+      const uint64_t b = bytes(bits);
+      out.bytes_fetched += b, m->bytes_fetched += b, ++out.fetches;
+      m->t_fetch_units += w * bits / 16.0;
+    }
+  } costs(out);
+  costs.bytes = bytes_at;
+  costs.quantize_rows = [&](uint32_t s, uint32_t j, uint8_t nb) {
+    if (!with_v) return;
+    if (vdq.empty()) vdq.assign(cells * hd, 0.0f), kdq.assign(cells * hd, 0.0f);
     const size_t c = static_cast<size_t>(s) * ctx + j;
-    where[c] = policy::kHbm;
-    bits[c] = 16;
-    set_hbm(s, j, true);
+    quant_err += quantize_row(vcache.data() + c * hd, vdq.data() + c * hd, hd, nb);
+    quantize_row(kcache.data() + c * hd, kdq.data() + c * hd, hd, nb);
   };
-  auto view_of = [&](uint32_t step, uint32_t l, uint32_t kvh, uint32_t n, bool prefill) {
-    policy::StreamView v;
-    v.step = step;
-    v.layer = l;
-    v.kv_head = kvh;
-    v.stream = shape.stream(l, kvh);
-    v.prefill = prefill;
-    v.n = n;
-    v.page_size = B;
-    const size_t base = static_cast<size_t>(v.stream) * ctx;
-    v.resident = resident.data() + base;
-    v.where = where.data() + base;
-    v.bits = bits.data() + base;
-    v.n_resident = n_res[v.stream];
-    v.hbm_units = units[v.stream];
-    v.budget = budget[v.stream];
-    v.head_dim = hd;
-    v.group = G;
-    return v;
-  };
-  auto bad = [&](const policy::StreamView& v, const std::string& what) {
-    throw Error("sim: policy " + cfg.policy + " at step " + std::to_string(v.step) + ", layer " + std::to_string(v.layer) +
-                ", KV head " + std::to_string(v.kv_head) + ": " + what);
-  };
-  // Runs plan() on one stream and applies it: evict, offload, quantize, fetch; then checks
-  // the budget and, at page granularity, that pages moved whole.
+  // Runs plan() on one stream and applies it through the ledger (which checks it).
   auto run_plan = [&](policy::StreamView& v) {
     plan.clear();
     pol->plan(v, plan);
-    const uint32_t s = v.stream;
-    const size_t base = static_cast<size_t>(s) * ctx;
     StepMetrics& m = steps[v.step];
-    for (uint32_t j : plan.evict) {
-      if (j >= v.n || where[base + j] == policy::kEvicted) bad(v, "evicted position " + std::to_string(j) + ", not cached");
-      if (where[base + j] == policy::kHbm) set_hbm(s, j, false);
-      else --n_host[s];
-      where[base + j] = policy::kEvicted;
-      ++out.evictions, ++m.evictions;
-    }
-    for (uint32_t j : plan.offload) {
-      if (j >= v.n || where[base + j] != policy::kHbm) bad(v, "offloaded position " + std::to_string(j) + ", not in HBM");
-      set_hbm(s, j, false);
-      where[base + j] = policy::kHost;
-      ++n_host[s];
-      const uint64_t b = bytes_at(bits[base + j]);
-      out.bytes_offloaded += b, m.bytes_offloaded += b, ++out.offloads;
-      m.t_offload_units += weight(s) * bits[base + j] / 16.0;
-    }
-    count_moves(plan.offload, weight(s), m.t_offload_pages, m.t_offload_runs);
-    for (auto [j, nb] : plan.quantize) {
-      if (j >= v.n || where[base + j] != policy::kHbm) bad(v, "quantized position " + std::to_string(j) + ", not in HBM");
-      if (!(nb == 8 || nb == 4 || nb == 2) || nb >= bits[base + j])
-        bad(v, "quantized position " + std::to_string(j) + " to " + std::to_string(nb) + " bits from " +
-                   std::to_string(bits[base + j]));
-      set_hbm(s, j, false);
-      bits[base + j] = nb;
-      set_hbm(s, j, true);
-      ++out.quantized;
-      if (with_v) {
-        if (vdq.empty()) vdq.assign(cells * hd, 0.0f), kdq.assign(cells * hd, 0.0f);
-        quant_err += quantize_row(vcache.data() + (base + j) * hd, vdq.data() + (base + j) * hd, hd, nb);
-        quantize_row(kcache.data() + (base + j) * hd, kdq.data() + (base + j) * hd, hd, nb);
-      }
-    }
-    for (uint32_t j : plan.fetch) {
-      if (j >= v.n || where[base + j] != policy::kHost) bad(v, "fetched position " + std::to_string(j) + ", not on host");
-      where[base + j] = policy::kHbm;
-      --n_host[s];
-      set_hbm(s, j, true);
-      const uint64_t b = bytes_at(bits[base + j]);
-      out.bytes_fetched += b, m.bytes_fetched += b, ++out.fetches;
-      m.t_fetch_units += weight(s) * bits[base + j] / 16.0;
-    }
-    count_moves(plan.fetch, weight(s), m.t_fetch_pages, m.t_fetch_runs);
-    if (units[s] > budget[s] + 1e-9)
-      bad(v, "left " + std::to_string(units[s]) + " entries in HBM, over its budget of " + std::to_string(budget[s]));
-    if (B > 1)
-      for (const auto* list : {&plan.evict, &plan.offload})
-        for (uint32_t j : *list)
-          if (page_count[static_cast<size_t>(s) * n_pages + j / PB] != 0)
-            bad(v, "moved position " + std::to_string(j) + " without the rest of its page of " + std::to_string(B));
-    v.n_resident = n_res[s];
-    v.hbm_units = units[s];
+    costs.m = &m, costs.w = weight(v.stream);
+    book.apply(v, plan, costs);
+    count_moves(plan.offload, costs.w, m.t_offload_pages, m.t_offload_runs);
+    count_moves(plan.fetch, costs.w, m.t_fetch_pages, m.t_fetch_runs);
   };
 
   const size_t n_chunks = tr.chunks().size();
@@ -469,13 +404,13 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
     const uint32_t n = sv.first_pos + sv.n_queries, nw = sv.n_rows;
     for (uint32_t kvh = 0; kvh < in.n_kv_heads; ++kvh) {
       const uint32_t s = shape.stream(l, kvh);
-      for (uint32_t j = sv.first_pos; j < n; ++j) append(s, j);
+      for (uint32_t j = sv.first_pos; j < n; ++j) book.append(s, j);
       for (uint32_t t = 0; t < sv.n_queries; ++t) {
         const size_t c = static_cast<size_t>(s) * ctx + sv.first_pos + t;
         if (with_v) trace::halves_to_floats(sv.v + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd, vcache.data() + c * hd, hd);
         if (keep_qk) trace::halves_to_floats(sv.k + (static_cast<size_t>(t) * in.n_kv_heads + kvh) * hd, kcache.data() + c * hd, hd);
       }
-      policy::StreamView v = view_of(0, l, kvh, n, true);
+      policy::StreamView v = book.view(0, l, kvh, n, true);
       for (uint32_t g = 0; g < G; ++g) fold(agg.data(), sv.colsum + static_cast<size_t>(kvh * G + g) * sv.n_queries, n, g == 0);
       scale(agg.data(), n);
       for (uint32_t r = 0; r < nw; ++r) {
@@ -497,21 +432,21 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
     }
   }
   {
-    std::vector<uint32_t> proposed = budget;
+    std::vector<uint32_t> proposed = book.budgets();
     policy::Allocation a{&shape, full ? ctx : cfg.budget, in.prompt_len};
     pol->allocate(a, proposed);
-    check_allocation("sim: policy " + cfg.policy, budget, proposed, ctx, B);
-    budget = proposed;
+    check_allocation("sim: policy " + cfg.policy, book.budgets(), proposed, ctx, B);
+    book.budgets() = proposed;
   }
   for (uint32_t l = 0; l < in.n_layers; ++l)
     for (uint32_t kvh = 0; kvh < in.n_kv_heads; ++kvh) {
-      policy::StreamView v = view_of(0, l, kvh, in.prompt_len, true);
+      policy::StreamView v = book.view(0, l, kvh, in.prompt_len, true);
       run_plan(v);
       const uint32_t s = v.stream;
-      steps[0].hbm_entries += n_res[s];
-      steps[0].hbm_bytes += static_cast<uint64_t>(std::llround(units[s] * static_cast<double>(entry_bytes)));
-      steps[0].host_entries += n_host[s];
-      steps[0].t_entries += weight(s) * n_res[s], steps[0].t_units += weight(s) * units[s];
+      steps[0].hbm_entries += book.n_resident(s);
+      steps[0].hbm_bytes += static_cast<uint64_t>(std::llround(book.units(s) * static_cast<double>(entry_bytes)));
+      steps[0].host_entries += book.n_host(s);
+      steps[0].t_entries += weight(s) * book.n_resident(s), steps[0].t_units += weight(s) * book.units(s);
     }
   report(1.0 / static_cast<double>(n_chunks + 1));
 
@@ -526,7 +461,7 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
         for (uint32_t kvh = 0; kvh < in.n_kv_heads; ++kvh) {
           const uint32_t s = shape.stream(l, kvh);
           const size_t base = static_cast<size_t>(s) * ctx;
-          append(s, j_new);
+          book.append(s, j_new);
           if (with_v) trace::halves_to_floats(sv.v + static_cast<size_t>(kvh) * hd, vcache.data() + (base + j_new) * hd, hd);
           if (keep_qk) {
             trace::halves_to_floats(sv.k + static_cast<size_t>(kvh) * hd, kcache.data() + (base + j_new) * hd, hd);
@@ -541,7 +476,7 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
             if (need_future) decode_row(rv, rows.data() + static_cast<size_t>(g) * ctx, n);
             lse[g] = rv.lse;
           }
-          policy::StreamView v = view_of(sv.step, l, kvh, n, false);
+          policy::StreamView v = book.view(sv.step, l, kvh, n, false);
           if (need_future) {
             for (uint32_t g = 0; g < G; ++g) fold(future.data(), rows.data() + static_cast<size_t>(g) * ctx, n, g == 0);
             scale(future.data(), n);
@@ -553,8 +488,8 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
           }
           run_plan(v);
           v.q = nullptr, v.keys = nullptr, v.future = nullptr;
-          const uint8_t* res = resident.data() + base;
-          const uint32_t b_oracle = std::min(n, std::max(budget[s], n_res[s]));
+          const uint8_t* res = book.resident(s);
+          const uint32_t b_oracle = std::min(n, std::max(book.budgets()[s], book.n_resident(s)));
           for (uint32_t g = 0; g < G; ++g) {
             float* row = rows.data() + static_cast<size_t>(g) * ctx;
             double kept;
@@ -579,7 +514,7 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
             if (with_v && cfg.output_error) {
               const float* V = vcache.data() + base * hd;
               const float* VQ = vdq.empty() ? nullptr : vdq.data() + base * hd;
-              const uint8_t* bt = bits.data() + base;
+              const uint8_t* bt = book.bits(s);
               const float* K = kcache.data() + base * hd;
               const float* KQ = kdq.empty() ? nullptr : kdq.data() + base * hd;
               const float* q = qbuf.data() + static_cast<size_t>(g) * hd;
@@ -624,11 +559,11 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
           v.head_attn = rows.data();
           v.head_stride = ctx;
           pol->observe(v);
-          m.hbm_entries += n_res[s];
-          m.hbm_bytes += static_cast<uint64_t>(std::llround(units[s] * static_cast<double>(entry_bytes)));
-          m.host_entries += n_host[s];
-          m.t_entries += weight(s) * n_res[s], m.t_units += weight(s) * units[s];
-          hbm_entries_sum += n_res[s], hbm_pages_sum += pages_res[s], stream_steps += 1;
+          m.hbm_entries += book.n_resident(s);
+          m.hbm_bytes += static_cast<uint64_t>(std::llround(book.units(s) * static_cast<double>(entry_bytes)));
+          m.host_entries += book.n_host(s);
+          m.t_entries += weight(s) * book.n_resident(s), m.t_units += weight(s) * book.units(s);
+          hbm_entries_sum += book.n_resident(s), hbm_pages_sum += book.pages_resident(s), stream_steps += 1;
         }
       }
     }

@@ -17,6 +17,7 @@ models = os.environ.get("KVSCOPE_MODELS", os.path.join(root, "..", "shared", "mo
 model = os.path.join(models, "stories260K", "stories260K.bin")
 need(default_trace, model)
 
+os.chdir(root)  # the default spec names its trace relative to the repository root, as demo.sh runs it
 tmp = tempfile.mkdtemp()
 db = os.path.join(tmp, "results.db")
 cands = os.path.join(tmp, "candidates.json")

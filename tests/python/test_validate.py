@@ -14,34 +14,13 @@ import json, os, sqlite3, subprocess, sys, tempfile
 
 import numpy as np
 
-root = os.environ.get("KVSCOPE_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-kv = os.environ.get("KVSCOPE_BIN", os.path.join(root, "build", "cli", "kvscope"))
-trace = os.path.join(root, "traces", "stories260K-short-prompt.kvt")
+from kvtest import check, default_trace as trace, failures, kv, need, root, run
+
 prompt = os.path.join(root, "traces", "prompts", "stories_short.txt")
 models = os.environ.get("KVSCOPE_MODELS", os.path.join(root, "..", "shared", "models"))
 model = os.path.join(models, "stories260K")
-if not os.path.exists(kv) or not os.path.exists(trace):
-    print(f"SKIP: no kvscope binary at {kv} or no default trace")
-    sys.exit(77)
-if not os.path.exists(os.path.join(model, "stories260K.bin")):
-    print(f"SKIP: no stories260K model under {models}")
-    sys.exit(77)
-failures = []
+need(trace, os.path.join(model, "stories260K.bin"))
 TOKENS = 64
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL", what)
-
-
-def run(*args, ok=True):
-    p = subprocess.run([kv, *args], capture_output=True, text=True)
-    if ok and p.returncode != 0:
-        print(p.stdout, p.stderr)
-        raise SystemExit(f"kvscope {' '.join(args)} failed")
-    return p
 
 
 def log_softmax(x):
