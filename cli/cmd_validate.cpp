@@ -108,25 +108,6 @@ std::vector<Candidate> load_candidates(const std::string& path, uint32_t ctx, ui
   return out;
 }
 
-// A folder holding a llama2.c checkpoint (stories260K: the .bin, tok*.bin and a
-// descriptive config.json) or one .gguf is opened as that file; anything else as given.
-std::string resolve_model(const std::string& path) {
-  std::error_code ec;
-  if (!fs::is_directory(path, ec)) return path;
-  std::vector<std::string> bins, ggufs;
-  bool safetensors = false;
-  for (const auto& e : fs::directory_iterator(path, ec)) {
-    const std::string name = e.path().filename().string(), ext = e.path().extension().string();
-    if (ext == ".safetensors") safetensors = true;
-    if (ext == ".gguf") ggufs.push_back(e.path().string());
-    if (ext == ".bin" && name.rfind("tok", 0) != 0) bins.push_back(e.path().string());
-  }
-  if (safetensors) return path;
-  if (ggufs.size() == 1) return ggufs[0];
-  if (bins.size() == 1) return bins[0];
-  return path;
-}
-
 void write_floats(const std::string& path, const std::vector<float>& v) {
   std::ofstream f(path, std::ios::binary);
   f.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
@@ -162,7 +143,7 @@ void add_validate_commands(CLI::App& app) {
   c->callback([] {
     if (device == "cuda")
       throw Error("validate: --device cuda: the live policy driver is CPU-only in this build (run with --device cpu)");
-    const std::string model_file = resolve_model(model);
+    const std::string model_file = checkpoint_path(model);
     const Model m = load_model(model_file);
     const uint32_t ctx = static_cast<uint32_t>(m.config.max_seq_len);
     std::vector<Candidate> cands =

@@ -63,7 +63,23 @@ void check_numel(const std::string& file, const std::string& name, uint64_t got,
     fail(file, "tensor '" + name + "': has " + std::to_string(got) + " elements, expected " + std::to_string(want));
 }
 
-Model load_model(const std::string& path, const std::string& tokenizer_path) {
+std::string checkpoint_path(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) return path;
+  std::vector<std::string> bins, ggufs;
+  for (const auto& e : fs::directory_iterator(path, ec)) {
+    const std::string name = e.path().filename().string(), ext = e.path().extension().string();
+    if (ext == ".safetensors" || name == "model.safetensors.index.json") return path;  // Hugging Face
+    if (ext == ".gguf") ggufs.push_back(e.path().string());
+    if (ext == ".bin" && name.rfind("tok", 0) != 0) bins.push_back(e.path().string());
+  }
+  if (ggufs.size() == 1 && bins.empty()) return ggufs[0];
+  if (bins.size() == 1 && ggufs.empty()) return bins[0];
+  return path;
+}
+
+Model load_model(const std::string& given, const std::string& tokenizer_path) {
+  const std::string path = checkpoint_path(given);
   fs::path p(path);
   std::error_code ec;
   if (!fs::exists(p, ec)) fail(path, "no such file or directory");
@@ -77,7 +93,8 @@ Model load_model(const std::string& path, const std::string& tokenizer_path) {
   return load_llama2c(path, tokenizer_path);
 }
 
-Tokenizer load_tokenizer(const std::string& path, const std::string& tokenizer_path) {
+Tokenizer load_tokenizer(const std::string& given, const std::string& tokenizer_path) {
+  const std::string path = checkpoint_path(given);
   fs::path p(path);
   std::error_code ec;
   if (!fs::exists(p, ec)) fail(path, "no such file or directory");

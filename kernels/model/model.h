@@ -75,8 +75,12 @@ struct Model {
   Tokenizer tokenizer;
 };
 
-// Picks the loader from what `path` is: a folder with config.json (Hugging Face),
-// a .gguf file, or a llama2.c .bin (tokenizer: --tokenizer, else tok*.bin / tokenizer.bin beside it).
+// Picks the loader from what checkpoint_path(path) is: a folder with config.json (Hugging
+// Face), a .gguf file, or a llama2.c .bin (tokenizer: --tokenizer, else tok*.bin / tokenizer.bin beside it).
+// The checkpoint a path names: a folder without safetensors that holds exactly one .gguf,
+// or one llama2.c .bin (tok*.bin aside), stands for that file (stories260K's folder also
+// has a descriptive config.json); anything else is returned as given.
+std::string checkpoint_path(const std::string& path);
 Model load_model(const std::string& path, const std::string& tokenizer_path = "");
 
 // Just the tokenizer of a model (no weights are read).
