@@ -69,20 +69,6 @@ LiveDriver::~LiveDriver() {
   rt_.set_observer(nullptr);
 }
 
-void LiveDriver::fold(float* dst, const float* src, uint32_t n, bool first) const {
-  if (first) std::copy(src, src + n, dst);
-  else if (cfg_.agg == Aggregation::Max)
-    for (uint32_t j = 0; j < n; ++j) dst[j] = std::max(dst[j], src[j]);
-  else
-    for (uint32_t j = 0; j < n; ++j) dst[j] += src[j];
-}
-
-void LiveDriver::scale(float* x, uint32_t n) const {
-  if (cfg_.agg != Aggregation::Mean) return;
-  const float f = 1.0f / static_cast<float>(shape_.group);
-  for (uint32_t j = 0; j < n; ++j) x[j] *= f;
-}
-
 namespace {
 
 // The real cache follows the ledger: every booked move is done to it too.
@@ -232,12 +218,14 @@ void LiveDriver::after_attention(int layer, int32_t first_pos, int T) {
           std::copy(k, k + hd, keys_.begin() + (static_cast<size_t>(s) * ctx_ + p) * hd);
         }
       policy::StreamView v = book_->view(step_, l, kvh, P, true);
-      for (uint32_t g = 0; g < G; ++g) fold(agg_.data(), tmp_.data() + static_cast<size_t>(kvh * G + g) * P, P, g == 0);
-      scale(agg_.data(), P);
+      for (uint32_t g = 0; g < G; ++g)
+        fold_head(agg_.data(), tmp_.data() + static_cast<size_t>(kvh * G + g) * P, P, g == 0, cfg_.agg);
+      scale_group(agg_.data(), P, cfg_.agg, G);
       for (uint32_t r = 0; r < nw; ++r) {
         float* w = window_agg_.data() + static_cast<size_t>(r) * ctx_;
-        for (uint32_t g = 0; g < G; ++g) fold(w, window_rows_.data() + (static_cast<size_t>(kvh * G + g) * nw + r) * P, P, g == 0);
-        scale(w, P);
+        for (uint32_t g = 0; g < G; ++g)
+          fold_head(w, window_rows_.data() + (static_cast<size_t>(kvh * G + g) * nw + r) * P, P, g == 0, cfg_.agg);
+        scale_group(w, P, cfg_.agg, G);
       }
       v.attn = agg_.data();
       v.head_attn = tmp_.data() + static_cast<size_t>(kvh) * G * P;
@@ -255,8 +243,9 @@ void LiveDriver::after_attention(int layer, int32_t first_pos, int T) {
   const uint32_t n = static_cast<uint32_t>(first_pos) + 1;
   for (uint32_t kvh = 0; kvh < shape_.n_kv_heads; ++kvh) {
     const uint32_t s = shape_.stream(l, kvh);
-    for (uint32_t g = 0; g < G; ++g) fold(agg_.data(), rows_.data() + static_cast<size_t>(kvh * G + g) * ctx_, n, g == 0);
-    scale(agg_.data(), n);
+    for (uint32_t g = 0; g < G; ++g)
+      fold_head(agg_.data(), rows_.data() + static_cast<size_t>(kvh * G + g) * ctx_, n, g == 0, cfg_.agg);
+    scale_group(agg_.data(), n, cfg_.agg, G);
     policy::StreamView v = book_->view(step_, l, kvh, n, false);
     v.attn = agg_.data();
     v.lse = lse_.data() + static_cast<size_t>(kvh) * G;

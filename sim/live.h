@@ -60,8 +60,6 @@ class LiveDriver final : public cpu::KVHook, public cpu::AttentionObserver {
 
  private:
   void run_plan(policy::StreamView& v);
-  void fold(float* dst, const float* src, uint32_t n, bool first) const;
-  void scale(float* x, uint32_t n) const;
 
   cpu::Runtime& rt_;
   ReplayConfig cfg_;

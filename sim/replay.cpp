@@ -315,20 +315,8 @@ ReplayResult replay(const trace::TraceReader& tr, const ReplayConfig& cfg) {
   policy::Plan plan;
   trace::LayerFrame frame;
 
-  const float agg_scale = cfg.agg == Aggregation::Mean ? 1.0f / static_cast<float>(G) : 1.0f;
-  auto fold = [&](float* dst, const float* src, uint32_t n, bool first) {
-    if (first) {
-      std::copy(src, src + n, dst);
-    } else if (cfg.agg == Aggregation::Max) {
-      for (uint32_t j = 0; j < n; ++j) dst[j] = std::max(dst[j], src[j]);
-    } else {
-      for (uint32_t j = 0; j < n; ++j) dst[j] += src[j];
-    }
-  };
-  auto scale = [&](float* x, uint32_t n) {
-    if (agg_scale != 1.0f)
-      for (uint32_t j = 0; j < n; ++j) x[j] *= agg_scale;
-  };
+  auto fold = [&](float* dst, const float* src, uint32_t n, bool first) { fold_head(dst, src, n, first, cfg.agg); };
+  auto scale = [&](float* x, uint32_t n) { scale_group(x, n, cfg.agg, G); };
   // Row of one query head (dense or top-k) into dst[0..n), zeros elsewhere.
   auto decode_row = [&](const trace::RowView& rv, float* dst, uint32_t n) {
     if (in.mode == trace::Mode::Dense && rv.n == n) {

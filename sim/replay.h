@@ -17,6 +17,24 @@ namespace kvscope::sim {
 
 enum class Aggregation { Sum, Max, Mean };
 
+// Folds one query head's row into its KV head's group row (first: copies it), by `agg`;
+// the replay and the live run build the rows a policy sees with these two.
+inline void fold_head(float* dst, const float* src, uint32_t n, bool first, Aggregation agg) {
+  if (first) {
+    for (uint32_t j = 0; j < n; ++j) dst[j] = src[j];
+  } else if (agg == Aggregation::Max) {
+    for (uint32_t j = 0; j < n; ++j) dst[j] = dst[j] < src[j] ? src[j] : dst[j];  // std::max
+  } else {
+    for (uint32_t j = 0; j < n; ++j) dst[j] += src[j];
+  }
+}
+// After folding a group of G heads: Mean divides by G; Sum and Max leave the row.
+inline void scale_group(float* x, uint32_t n, Aggregation agg, uint32_t group) {
+  if (agg != Aggregation::Mean) return;
+  const float f = 1.0f / static_cast<float>(group);
+  for (uint32_t j = 0; j < n; ++j) x[j] *= f;
+}
+
 struct ReplayConfig {
   std::string policy;
   nlohmann::json params = nlohmann::json::object();
